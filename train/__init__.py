@@ -1,0 +1,1 @@
+"""Training data and LoRA fine-tuning (needs the `train` extra)."""
