@@ -31,8 +31,8 @@ def test_the_lessons_examples():
 
 
 def test_keys_follow_schema_order_and_absent_optionals_are_omitted():
-    text = serialize_call(SUPPORT, "escalate", {"urgency": "high", "summary": "Angry"})
-    assert text == '{"tool":"escalate","arguments":{"summary":"Angry","urgency":"high"}}'
+    text = serialize_call(SUPPORT, "escalate", {"order_id": "A1", "urgency": "high", "topic": "legal"})
+    assert text == '{"tool":"escalate","arguments":{"topic":"legal","urgency":"high","order_id":"A1"}}'
     text = serialize_call(SUPPORT, "request_refund", {"reason": None, "order_id": "A"})
     assert text == '{"tool":"request_refund","arguments":{"order_id":"A"}}'
 
@@ -112,7 +112,7 @@ def test_parse_returns_typed_calls_and_no_tool():
         '{"tool":"no_tool"}',
         '{"tool":"no_tool","reason":3}',
         '{"tool":"request_refund","arguments":{"order_id":"A","reason":"bored"}}',
-        '{"tool":"escalate","arguments":{"summary":"x","urgency":null}}',
+        '{"tool":"escalate","arguments":{"topic":"legal","urgency":null}}',
         '{"tool":"track_order","arguments":{"order_id":"A"}} trailing',
         '{"tool":"book_table","arguments":{"restaurant":"R","date":"2023-02-30","party_size":2}}',
         '{"tool":"book_table","arguments":{"restaurant":"R","date":"2023-02-01","party_size":21}}',

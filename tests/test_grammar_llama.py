@@ -70,7 +70,7 @@ def test_every_canonical_call_is_accepted(base_vocab, data):
         '{"tool": "track_order","arguments":{"order_id":"A1"}}',  # whitespace
         '{"tool":"track_order","arguments":{"order_id":"A1"} }',
         '{"arguments":{"order_id":"A1"},"tool":"track_order"}',  # key order
-        '{"tool":"escalate","arguments":{"urgency":"low","summary":"x"}}',  # argument order
+        '{"tool":"escalate","arguments":{"urgency":"low","topic":"legal"}}',  # argument order
         '{"tool":"track_order","arguments":{}}',  # missing required
         '{"tool":"track_order","arguments":{"order_id":"A1","extra":1}}',  # unknown argument
         '{"tool":"cancel_order","arguments":{"order_id":"A1"}}',  # unknown tool

@@ -77,7 +77,7 @@ def test_output_schema_rejects_what_parse_rejects():
     for bad in (
         {"tool": "track_order", "arguments": {}},
         {"tool": "no_tool", "reason": ""},
-        {"tool": "escalate", "arguments": {"summary": "x", "urgency": "soon"}},
+        {"tool": "escalate", "arguments": {"topic": "legal", "urgency": "soon"}},
         {"tool": "track_order", "arguments": {"order_id": "A", "x": 1}},
     ):
         with pytest.raises(jsonschema.ValidationError):

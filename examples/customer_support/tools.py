@@ -23,10 +23,14 @@ class RequestRefund(BaseModel):
 
 
 class Escalate(BaseModel):
-    """Hand the conversation to a human agent: complaints, urgent problems, or explicit requests."""
+    """Hand the conversation to a human agent: complaints, legal or account-security issues, or a
+    customer who asks for a person."""
 
-    summary: str = Field(description="One sentence on what the customer needs.")
+    topic: Literal["complaint", "human_requested", "legal", "account_security", "other"] = Field(
+        description="What the human agent needs to handle."
+    )
     urgency: Literal["low", "normal", "high"] = Field("normal", description="How urgent it is.")
+    order_id: str | None = Field(None, description="The order concerned, if the customer gave one.")
 
 
 TOOLS = [TrackOrder, RequestRefund, Escalate]
