@@ -164,6 +164,27 @@ class Catalogue:
             {k: v for k, v in self.sources.items() if k in wanted},
         )
 
+    def diff(self, other: Catalogue) -> str:
+        """What differs from `other`, tool by tool (empty when equal)."""
+        mine, theirs = self._by_name, other._by_name
+        parts = []
+        if only := [n for n in mine if n not in theirs]:
+            parts.append(f"only in this catalogue: {', '.join(only)}")
+        if only := [n for n in theirs if n not in mine]:
+            parts.append(f"only in the other: {', '.join(only)}")
+        if changed := [n for n in mine if n in theirs and mine[n] != theirs[n]]:
+            parts.append(f"declared differently: {', '.join(changed)}")
+        if not parts and self.names != other.names:
+            parts.append("same tools in another order")
+        return "; ".join(parts)
+
+    def union(self, other: Catalogue) -> Catalogue:
+        """This catalogue plus the tools only `other` has; a name declared two ways is an error."""
+        if changed := [t.name for t in other if t.name in self and self.get(t.name) != t]:
+            raise CatalogueError(f"tools declared differently in the two catalogues: {', '.join(changed)}")
+        extra = tuple(t for t in other if t.name not in self)
+        return Catalogue(self.tools + extra, {**other.sources, **self.sources})
+
     # -- typed calls -------------------------------------------------------------------------
 
     @cached_property

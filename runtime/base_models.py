@@ -38,3 +38,19 @@ def packaged_gguf(name: str = DEFAULT_BASE) -> Path:
             if path.is_file():
                 return path
     raise BaseModelNotFound(f"package {distribution!r} is installed but holds no {filename}")
+
+
+def base_gguf(spec: str) -> Path:
+    """A base given as `default`, a packaged base name, or a path to a GGUF file."""
+    if spec == "default":
+        return packaged_gguf(DEFAULT_BASE)
+    if spec in _PACKAGED:
+        return packaged_gguf(spec)
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BaseModelNotFound(f"{path}: no such GGUF file")
+        return path
+    raise BaseModelNotFound(
+        f"base {spec!r} is not 'default', a packaged base ({sorted(_PACKAGED)}) or a .gguf file"
+    )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from toolroute import __version__
 from toolroute.grammars.cli import register as register_grammar_commands
 from toolroute.grammars.errors import CatalogueError
+from toolroute.train.cli import register as register_data_commands
 
 
 class CliError(Exception):
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"toolroute {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_grammar_commands(commands)
+    register_data_commands(commands)
     return parser
 
 

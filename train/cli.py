@@ -1,0 +1,103 @@
+"""`toolroute data ...`: check, split, render and import training data (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from toolroute.grammars import Catalogue, PromptMode, load_catalogue
+from toolroute.runtime.base_models import base_gguf
+from toolroute.runtime.chat import ChatTemplate
+from toolroute.runtime.files import atomic_write_text
+
+from .check import check_data, format_report
+from .formats import ReadResult, read_examples
+from .sft import router_prompt, sft_rows
+from .split import stratified_split
+
+
+class DataCommandError(ValueError):
+    pass
+
+
+def _catalogue(args: argparse.Namespace) -> Catalogue | None:
+    return load_catalogue(args.tools) if args.tools else None
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = check_data(args.file, _catalogue(args), args.eval, args.union_tools)
+    if args.json:
+        print(json.dumps({**report.model_dump(), "ok": report.ok}, indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _read_valid(args: argparse.Namespace) -> ReadResult:
+    result = read_examples(args.file, _catalogue(args), args.union_tools)
+    if result.errors:
+        for error in result.errors[:20]:
+            print(f"error: {error}", file=sys.stderr)
+        raise DataCommandError(
+            f"{len(result.errors)} invalid lines; run `toolroute data check` for the full report"
+        )
+    return result
+
+
+def _split(args: argparse.Namespace) -> int:
+    result = _read_valid(args)
+    split = stratified_split(result.examples, args.eval_fraction, args.seed)
+    for sources, out in ((split.train, args.train_out), (split.eval, args.eval_out)):
+        atomic_write_text(out, "".join(result.lines[s] + "\n" for s in sources))
+    print(f"train {len(split.train)} -> {args.train_out}; eval {len(split.eval)} -> {args.eval_out}")
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    result = _read_valid(args)
+    template = ChatTemplate.from_gguf(base_gguf(args.base))
+    rows = sft_rows(result.examples, result.catalogue, router_prompt(result.catalogue, template, args.mode))
+    text = "".join(json.dumps(row.model_dump(), ensure_ascii=False) + "\n" for row in rows)
+    if args.output:
+        atomic_write_text(args.output, text)
+        print(f"{len(rows)} rows -> {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="training data, JSONL (router, OpenAI tools or legacy functions format)")
+    parser.add_argument(
+        "--tools", help="the run's catalogue (.json, .py or module); else the rows' own `tools`"
+    )
+    parser.add_argument(
+        "--union-tools", action="store_true", help="merge rows whose tools differ instead of failing"
+    )
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="check, split, render and import training data")
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    check = data_commands.add_parser("check", help="validate a data file and report what it holds")
+    _common(check)
+    check.add_argument("--eval", help="an eval file: also report its overlap with the training requests")
+    check.add_argument("--json", action="store_true", help="machine-readable report")
+    check.set_defaults(handler=_check)
+
+    split = data_commands.add_parser("split", help="reproducible train/eval split, stratified by tool")
+    _common(split)
+    split.add_argument("--eval-fraction", type=float, default=0.2)
+    split.add_argument("--seed", type=int, default=13)
+    split.add_argument("--train-out", required=True)
+    split.add_argument("--eval-out", required=True)
+    split.set_defaults(handler=_split)
+
+    sft = data_commands.add_parser("sft", help="prompt/completion rows in the base model's chat template")
+    _common(sft)
+    sft.add_argument("--mode", choices=[m.value for m in PromptMode], default=PromptMode.compact.value)
+    sft.add_argument("--base", default="default", help="'default' or a .gguf whose chat template to use")
+    sft.add_argument("-o", "--output", help="write JSONL here (atomically) instead of stdout")
+    sft.set_defaults(handler=_sft)
