@@ -41,7 +41,11 @@ def _grammar(args: argparse.Namespace) -> int:
 
         from .engine import check_grammar_loads
 
-        check_grammar_loads(Llama(str(packaged_gguf()), vocab_only=True, verbose=False), gbnf)
+        vocab = Llama(str(packaged_gguf()), vocab_only=True, verbose=False)
+        try:
+            check_grammar_loads(vocab, gbnf)
+        finally:
+            vocab.close()
         print(f"grammar loads in llama.cpp ({gbnf.count('::=')} rules)", file=sys.stderr)
     _emit(gbnf, args.output)
     return 0

@@ -47,14 +47,18 @@ class ChatTemplate(BaseModel):
         from llama_cpp import Llama
 
         llama = Llama(str(path), vocab_only=True, verbose=False)
-        template = llama.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise ValueError(f"{path}: the GGUF carries no tokenizer.chat_template")
+        try:
+            template = llama.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise ValueError(f"{path}: the GGUF carries no tokenizer.chat_template")
 
-        def text(token: int) -> str:
-            return llama.detokenize([token], special=True).decode("utf-8") if token >= 0 else ""
+            def text(token: int) -> str:
+                return llama.detokenize([token], special=True).decode("utf-8") if token >= 0 else ""
 
-        return cls(template=template, bos_token=text(llama.token_bos()), eos_token=text(llama.token_eos()))
+            bos, eos = text(llama.token_bos()), text(llama.token_eos())
+            return cls(template=template, bos_token=bos, eos_token=eos)
+        finally:
+            llama.close()  # now, not at interpreter exit, where llama-cpp-python's finaliser can fail
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         formatter = Jinja2ChatFormatter(

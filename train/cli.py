@@ -13,6 +13,7 @@ from toolroute.runtime.files import atomic_write_text
 
 from .check import check_data, format_report
 from .formats import ReadResult, read_examples
+from .hwu64 import register as register_hwu64_import
 from .sft import router_prompt, sft_rows
 from .split import stratified_split
 
@@ -101,3 +102,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--base", default="default", help="'default' or a .gguf whose chat template to use")
     sft.add_argument("-o", "--output", help="write JSONL here (atomically) instead of stdout")
     sft.set_defaults(handler=_sft)
+
+    register_hwu64_import(data_commands)

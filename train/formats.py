@@ -172,7 +172,7 @@ class _RowReader:
         """
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         if last_user + 1 == len(messages) or messages[last_user + 1]["role"] != "assistant":
-            raise RowError(f"messages[{last_user}]: the last user turn has no assistant answer right after it")
+            raise RowError(f"messages[{last_user}]: the last user turn has no assistant answer after it")
         return last_user + 1
 
     def _target(
