@@ -72,19 +72,25 @@ def type_signature(schema: Schema) -> str:
     return kind
 
 
+def _one_line(text: str) -> str:
+    """Docstrings arrive wrapped; the prompt wants each description on one line."""
+    return " ".join(text.split())
+
+
 def _arguments(schema: Schema) -> list[str]:
     required = set(schema.get("required", []))
-    return [
-        f"{name}{'' if name in required else '?'}: {type_signature(prop)}"
-        for name, prop in schema.get("properties", {}).items()
-    ]
+    signatures = []
+    for name, prop in schema.get("properties", {}).items():
+        default = f" = {json.dumps(prop['default'], ensure_ascii=False)}" if "default" in prop else ""
+        signatures.append(f"{name}{'' if name in required else '?'}: {type_signature(prop)}{default}")
+    return signatures
 
 
 def _described_arguments(schema: Schema, indent: str) -> list[str]:
     lines = []
     for name, prop in schema.get("properties", {}).items():
         if prop.get("description"):
-            lines.append(f"{indent}{name}: {prop['description']}")
+            lines.append(f"{indent}{name}: {_one_line(prop['description'])}")
         if prop.get("type") == "object":
             lines += _described_arguments(prop, indent + "  ")
     return lines
@@ -105,7 +111,7 @@ def render_system_prompt(catalogue: Catalogue, mode: PromptMode | str = PromptMo
         if mode is PromptMode.compact:
             lines.append(f"- {tool_signature(tool)}")
             continue
-        description = f": {tool.description}" if tool.description else ""
+        description = f": {_one_line(tool.description)}" if tool.description else ""
         lines.append(f"- {tool_signature(tool)}{description}")
         lines += _described_arguments(tool.parameters, "    ")
     return "\n".join(lines)

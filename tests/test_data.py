@@ -220,7 +220,7 @@ GOLDEN_PROMPT = (
     '- request_refund(order_id: string, reason?: "damaged"|"wrong_item"|"not_delivered"|'
     '"changed_mind"|"other")\n'
     '- escalate(topic: "complaint"|"human_requested"|"legal"|"account_security"|"other", '
-    'urgency?: "low"|"normal"|"high", order_id?: string)<|im_end|>\n'
+    'urgency?: "low"|"normal"|"high" = "normal", order_id?: string)<|im_end|>\n'
     "<|im_start|>user\nmy parcel is late<|im_end|>\n"
     '<|im_start|>assistant\n{"tool":"no_tool","reason":"missing order id"}<|im_end|>\n'
     "<|im_start|>user\nit's ORD-77<|im_end|>\n"
@@ -268,3 +268,24 @@ def test_sft_cli_writes_prompt_completion_jsonl(tmp_path, capsys):
     assert len(rows) == 5
     assert rows[2]["completion"] == '{"tool":"no_tool","reason":"greeting"}<|im_end|>'
     assert "Tools:" not in rows[0]["prompt"]
+
+
+def test_customer_support_example_set_passes_data_check():
+    folder = ROOT / "examples" / "customer_support"
+    report = check_data(folder / "train.jsonl", SUPPORT, folder / "eval.jsonl")
+    assert report.ok, report.errors
+    assert report.warnings == []
+    assert report.examples >= 400 and report.overlap.eval_examples >= 150
+    assert report.overlap.normalized == 0
+    assert 0.10 <= report.no_tool_share <= 0.20
+
+
+def test_hwu64_conversion_passes_data_check(tmp_path):
+    from toolroute.train.hwu64 import import_hwu64
+
+    import_hwu64(ROOT / "tests" / "fixtures" / "hwu64_sample.jsonl", tmp_path)
+    catalogue = load_catalogue(tmp_path / "tools.json")
+    for split in ("train", "valid", "test"):
+        result = read_examples(tmp_path / f"{split}.jsonl", catalogue)
+        assert not result.errors and result.examples, split
+        assert result.formats.keys() == {"openai"}
