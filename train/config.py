@@ -1,0 +1,103 @@
+"""Training configuration as data: defaults < config file (TOML) < command-line flags.
+
+The defaults are the lesson's recipe (LoRA r=16, alpha=32, dropout 0.05 on q_proj+v_proj, lr 2e-4,
+3 epochs, cosine, 3% warmup, batch 8 x grad-accum 2, max length 1024). The effective config is
+saved in the run directory, and a resumed run must match it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from toolroute.grammars import PromptMode
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    top_layers: int | None = Field(
+        None, ge=1, description="adapt only the top N transformer layers: a shorter backward pass on a CPU"
+    )
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    data: Path
+    eval: Path | None = None
+    tools: str | None = None
+    base: str = "default"
+    mode: PromptMode = PromptMode.compact
+    lora: LoraSettings = LoraSettings()
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=16)
+    seed: int = 13
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
+    runs_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        return PromptMode(value) if isinstance(value, str) else value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    def to_toml(self) -> str:
+        """The effective config, in the same form `load_config` reads."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        lora = data.pop("lora")
+        lines = ["[train]"] + [f"{key} = {_toml_value(value)}" for key, value in data.items()]
+        lines += ["", "[train.lora]"] + [f"{key} = {_toml_value(value)}" for key, value in lora.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the `[train]` table of a TOML file, then the overrides (None = not given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the config: {exc}") from None
+        values = dict(document.get("train", {}))
+    lora = dict(values.pop("lora", {}))
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key.startswith("lora_"):
+            lora[key.removeprefix("lora_")] = value
+        else:
+            values[key] = value
+    try:
+        return TrainConfig(**values, lora=LoraSettings(**lora))
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{where}invalid training config: {problems}") from None

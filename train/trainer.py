@@ -1,0 +1,243 @@
+"""LoRA SFT of a base model into a router: TRL's SFTTrainer + PEFT, completion-only loss.
+
+CUDA when present (bf16), else the CPU (fp32). Runs under `accelerate launch -m toolroute train`
+unchanged: the Trainer does the distribution. Output: `runs/NAME/` (see `run_dir.py`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from toolroute.grammars import Catalogue, load_catalogue
+
+from .bases import Base, file_sha256
+from .config import TrainConfig
+from .examples import Example
+from .formats import read_examples
+from .run_dir import DataIdentity, RunDir, RunManifest
+from .sft import SftRow, router_prompt, sft_rows
+
+
+class TrainingError(ValueError):
+    pass
+
+
+def _read(path: Path, catalogue: Catalogue | None) -> tuple[list[Example], Catalogue]:
+    result = read_examples(path, catalogue)
+    if result.errors:
+        shown = "\n".join(f"  {e}" for e in result.errors[:10])
+        raise TrainingError(
+            f"{path}: {len(result.errors)} invalid lines (run `toolroute data check`):\n{shown}"
+        )
+    if result.catalogue is None or not result.examples:
+        raise TrainingError(f"{path}: no examples")
+    return result.examples, result.catalogue
+
+
+def _fit(rows: list[SftRow], tokenizer: Any, max_length: int) -> tuple[list[SftRow], int]:
+    """Rows whose prompt + completion fit in max_length tokens; truncating would cut the call."""
+    kept = [
+        row
+        for row in rows
+        if len(tokenizer(row.prompt + row.completion, add_special_tokens=False)["input_ids"]) <= max_length
+    ]
+    return kept, len(rows) - len(kept)
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "transformers", "peft", "trl", "accelerate", "llama-cpp-python")
+    return {name: importlib.metadata.version(name) for name in names}
+
+
+def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
+    if run.is_complete():
+        raise TrainingError(f"{run.path} is a finished run; train under another --name")
+    if run.path.exists() and any(run.path.iterdir()):
+        if not resume:
+            raise TrainingError(f"{run.path} holds an unfinished run: pass --resume to continue it")
+        if run.config_path.read_text(encoding="utf-8") != config.to_toml():
+            raise TrainingError(f"{run.path}: --resume needs the same config as the interrupted run")
+    elif resume:
+        raise TrainingError(f"{run.path}: nothing to resume")
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> RunManifest:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.perf_counter()
+    run = RunDir(config.run_dir)
+    _check_resumable(run, config, resume)
+    catalogue = load_catalogue(config.tools) if config.tools else None
+    train_examples, catalogue = _read(config.data, catalogue)
+    eval_examples = _read(config.eval, catalogue)[0] if config.eval else []
+
+    run.start()
+    from toolroute.runtime.files import atomic_write_text
+
+    atomic_write_text(run.config_path, config.to_toml())
+    set_seed(config.seed)
+    cuda = torch.cuda.is_available() and config.device != "cpu"
+    if config.device == "cuda" and not cuda:
+        raise TrainingError("--device cuda, but torch sees no CUDA device")
+    if not cuda:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    base = Base.resolve(config.base)
+    tokenizer = base.load_tokenizer()
+    template = base.chat_template(tokenizer)
+    prompt = router_prompt(catalogue, template, config.mode)
+    train_rows, train_dropped = _fit(
+        sft_rows(train_examples, catalogue, prompt), tokenizer, config.max_length
+    )
+    eval_rows, eval_dropped = _fit(sft_rows(eval_examples, catalogue, prompt), tokenizer, config.max_length)
+    for name, dropped, total in (
+        ("train", train_dropped, len(train_examples)),
+        ("eval", eval_dropped, len(eval_examples)),
+    ):
+        if dropped:
+            print(f"warning: dropped {dropped} of {total} {name} rows longer than {config.max_length} tokens")
+    if not train_rows:
+        raise TrainingError(f"no training row fits in max_length {config.max_length}")
+
+    model = base.load_model(torch.bfloat16 if cuda else torch.float32)
+    layers = model.config.num_hidden_layers
+    top = config.lora.top_layers
+    targets = config.lora.targets
+    if top and targets == "all-linear":  # PEFT takes a layer subset only with named modules
+        targets = sorted(
+            {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and "lm_head" not in name}
+        )  # fmt: skip
+    lora = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        layers_to_transform=list(range(max(layers - top, 0), layers)) if top else None,
+        task_type="CAUSAL_LM",
+    )
+    losses: list[dict[str, Any]] = []
+
+    class LossLog(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
+            if logs and ("loss" in logs or "eval_loss" in logs):
+                losses.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs})
+
+    args = SFTConfig(
+        output_dir=str(run.checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
+        logging_steps=1,
+        eval_strategy="epoch" if eval_rows else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=cuda,
+        use_cpu=not cuda,
+        max_length=config.max_length,
+        completion_only_loss=True,
+        train_sampling_strategy="group_by_length",  # batches of similar length: little padding
+        report_to=[],
+        dataloader_num_workers=0,
+        # TRL turns checkpointing on by default; a 135M-270M model fits easily, and recomputing
+        # the forward pass costs a third more time on a CPU.
+        gradient_checkpointing=False,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(
+            [{"prompt": r.prompt, "completion": r.completion} for r in train_rows]
+        ),
+        eval_dataset=(
+            Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in eval_rows])
+            if eval_rows
+            else None
+        ),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[LossLog(), *callbacks],
+    )
+    has_checkpoint = run.checkpoints.is_dir() and any(run.checkpoints.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
+    eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
+    if eval_loss is not None and not (losses and losses[-1].get("eval_loss") == eval_loss):
+        losses.append(
+            {"step": trainer.state.global_step, "epoch": trainer.state.epoch, "eval_loss": eval_loss}
+        )
+    if not trainer.is_world_process_zero():
+        return run.load_manifest() if run.is_complete() else None  # type: ignore[return-value]
+
+    trainer.model.save_pretrained(str(run.adapter))
+    tokenizer.save_pretrained(str(run.tokenizer))
+    run.write_losses(losses)
+    train_losses = [row["loss"] for row in losses if "loss" in row]
+    wall = time.perf_counter() - started
+    steps = trainer.state.global_step
+    manifest = RunManifest(
+        name=config.name,
+        base=base.identity(model, template),
+        catalogue=catalogue.to_openai(),
+        catalogue_sha256=catalogue.sha256,
+        prompt_mode=config.mode.value,
+        system_prompt=prompt.system_prompt,
+        chat_template=template.template,
+        completion_suffix=template.completion_suffix(),
+        data={
+            "train": DataIdentity(
+                path=str(config.data),
+                sha256=file_sha256(config.data),
+                examples=len(train_examples),
+                used=len(train_rows),
+                dropped_too_long=train_dropped,
+            ),
+            **(
+                {
+                    "eval": DataIdentity(
+                        path=str(config.eval),
+                        sha256=file_sha256(config.eval),
+                        examples=len(eval_examples),
+                        used=len(eval_rows),
+                        dropped_too_long=eval_dropped,
+                    )
+                }
+                if config.eval
+                else {}
+            ),
+        },
+        config=config.model_dump(mode="json"),
+        metrics={
+            "steps": steps,
+            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+            "seconds_per_step": round(result.metrics.get("train_runtime", 0.0) / max(steps, 1), 3),
+            "first_train_loss": train_losses[0] if train_losses else None,
+            "final_train_loss": train_losses[-1] if train_losses else None,
+            "mean_train_loss": round(result.training_loss, 5),
+            "final_eval_loss": eval_loss,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+        wall_time_s=round(wall, 2),
+        device=torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} threads)",
+        versions=_versions(),
+    )
+    run.finish(manifest)
+    return manifest
