@@ -18,6 +18,25 @@ from pydantic import BaseModel, ConfigDict
 
 SENTINEL = "\x00toolroute-completion\x00"
 
+# Pretrained (not instruction-tuned) GGUFs may carry no chat template; these are the turn formats of
+# their families, keyed by `general.architecture`. Gemma has no system role: the system text opens
+# the first user turn, as Gemma's own template does.
+FALLBACK_TEMPLATES = {
+    "gemma3": (
+        "{{ bos_token }}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}"
+        "{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+        "{%- for message in turns -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "<start_of_turn>{{ role }}{{ '\\n' }}{{ prefix if loop.first else '' }}"
+        "{{ message['content'] | trim }}"
+        "<end_of_turn>{{ '\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<start_of_turn>model{{ '\\n' }}{%- endif -%}"
+    ),
+}
+
 
 class Turn(BaseModel):
     """One turn of conversation before the routed request."""
@@ -48,9 +67,12 @@ class ChatTemplate(BaseModel):
 
         llama = Llama(str(path), vocab_only=True, verbose=False)
         try:
-            template = llama.metadata.get("tokenizer.chat_template")
+            architecture = llama.metadata.get("general.architecture", "")
+            template = llama.metadata.get("tokenizer.chat_template") or FALLBACK_TEMPLATES.get(architecture)
             if not template:
-                raise ValueError(f"{path}: the GGUF carries no tokenizer.chat_template")
+                raise ValueError(
+                    f"{path}: the GGUF carries no tokenizer.chat_template (architecture {architecture!r})"
+                )
 
             def text(token: int) -> str:
                 return llama.detokenize([token], special=True).decode("utf-8") if token >= 0 else ""
@@ -71,20 +93,18 @@ class ChatTemplate(BaseModel):
         return self._render(messages, add_generation_prompt=True)
 
     def completion_suffix(self) -> str:
-        """What the template writes after an assistant message's content, up to the EOS token.
+        """What the template writes after an assistant message's content: its end-of-turn marker.
 
-        Found by rendering a sentinel answer; the trained completion ends with it so the model
-        learns to stop exactly where generation stops.
+        Found by rendering a sentinel answer (`<|im_end|>` for SmolLM2, `<end_of_turn>` for Gemma);
+        the trained completion ends with it so the model learns to stop where generation stops.
         """
         probe = [{"role": "user", "content": "x"}]
         prompt = self.render_prompt(probe)
         full = self._render([*probe, {"role": "assistant", "content": SENTINEL}], add_generation_prompt=False)
-        if not full.startswith(prompt) or SENTINEL not in full:
+        if SENTINEL not in full or not full.startswith(prompt):
             raise ValueError("chat template does not render an assistant answer after its generation prompt")
-        after = full[full.index(SENTINEL) + len(SENTINEL) :]
-        if self.eos_token and self.eos_token in after:
-            return after[: after.index(self.eos_token) + len(self.eos_token)]
-        return self.eos_token
+        after = full[full.index(SENTINEL) + len(SENTINEL) :].strip()
+        return after or self.eos_token
 
 
 class RouterPrompt(BaseModel):

@@ -40,30 +40,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# (flag, type, help) of the settings that override the config file; defaults are TrainConfig's.
+_SETTINGS: list[tuple[str, type, str]] = [
+    ("--name", str, "run name: the output goes to RUNS_DIR/NAME"),
+    ("--data", str, "training data JSONL (any supported format)"),
+    ("--eval", str, "eval data JSONL: eval loss each epoch"),
+    ("--tools", str, "the catalogue (.json, .py or module); else the rows' own tools"),
+    ("--base", str, "default | gemma3-270m | FILE.gguf | HF model dir | hub id"),
+    ("--lr", float, "learning rate (2e-4)"),
+    ("--epochs", float, "epochs (3)"),
+    ("--batch-size", int, "per-device batch (8)"),
+    ("--grad-accum", int, "gradient accumulation steps (2)"),
+    ("--max-length", int, "token limit; longer rows are dropped (1024)"),
+    ("--warmup-ratio", float, "warmup share (0.03)"),
+    ("--scheduler", str, "learning-rate schedule (cosine)"),
+    ("--seed", int, "seed (13)"),
+    ("--max-steps", int, "stop after N optimizer steps (smoke runs)"),
+    ("--lora-r", int, "LoRA rank (16)"),
+    ("--lora-alpha", int, "LoRA alpha (32)"),
+    ("--lora-dropout", float, "LoRA dropout (0.05)"),
+    ("--lora-targets", str, "comma list of modules (q_proj,v_proj) or all-linear"),
+    ("--lora-top-layers", int, "adapt only the top N layers (faster on a CPU)"),
+    ("--runs-dir", str, "where runs go (runs)"),
+]
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="LoRA fine-tune a base model into a router (runs/NAME/)")
     parser.add_argument("--config", help="TOML file with a [train] table (flags override it)")
-    parser.add_argument("--name", help="run name: the output goes to RUNS_DIR/NAME")
-    parser.add_argument("--data", help="training data JSONL (any supported format)")
-    parser.add_argument("--eval", help="eval data JSONL: eval loss each epoch")
-    parser.add_argument("--tools", help="the catalogue (.json, .py or module); else the rows' own tools")
-    parser.add_argument("--base", help="default | gemma3-270m | FILE.gguf | HF model dir | hub id")
+    for flag, kind, help_text in _SETTINGS:
+        parser.add_argument(flag, type=kind, help=help_text)
     parser.add_argument("--mode", choices=[m.value for m in PromptMode], help="prompt mode (default compact)")
-    parser.add_argument("--lr", type=float, help="learning rate (2e-4)")
-    parser.add_argument("--epochs", type=float, help="epochs (3)")
-    parser.add_argument("--batch-size", type=int, help="per-device batch (8)")
-    parser.add_argument("--grad-accum", type=int, help="gradient accumulation steps (2)")
-    parser.add_argument("--max-length", type=int, help="token limit; longer rows are dropped (1024)")
-    parser.add_argument("--warmup-ratio", type=float, help="warmup share (0.03)")
-    parser.add_argument("--scheduler", help="learning-rate schedule (cosine)")
-    parser.add_argument("--seed", type=int, help="seed (13)")
-    parser.add_argument("--max-steps", type=int, help="stop after N optimizer steps (smoke runs)")
-    parser.add_argument("--lora-r", type=int, help="LoRA rank (16)")
-    parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (32)")
-    parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (0.05)")
-    parser.add_argument("--lora-targets", help="comma list of modules (q_proj,v_proj) or all-linear")
-    parser.add_argument("--lora-top-layers", type=int, help="adapt only the top N layers (faster on a CPU)")
-    parser.add_argument("--runs-dir", help="where runs go (runs)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"

@@ -11,10 +11,13 @@ import os
 import resource
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolroute.grammars import Catalogue, load_catalogue
+from toolroute.runtime.chat import RouterPrompt
+from toolroute.runtime.files import atomic_write_text
 
 from .bases import Base, file_sha256
 from .config import TrainConfig
@@ -40,19 +43,45 @@ def _read(path: Path, catalogue: Catalogue | None) -> tuple[list[Example], Catal
     return result.examples, result.catalogue
 
 
-def _fit(rows: list[SftRow], tokenizer: Any, max_length: int) -> tuple[list[SftRow], int]:
-    """Rows whose prompt + completion fit in max_length tokens; truncating would cut the call."""
-    kept = [
-        row
-        for row in rows
-        if len(tokenizer(row.prompt + row.completion, add_special_tokens=False)["input_ids"]) <= max_length
-    ]
-    return kept, len(rows) - len(kept)
+@dataclass
+class _Split:
+    """One data file, rendered into rows that fit in max_length."""
 
+    name: str
+    path: Path
+    examples: list[Example]
+    rows: list[SftRow]
+    dropped: int
 
-def _versions() -> dict[str, str]:
-    names = ("torch", "transformers", "peft", "trl", "accelerate", "llama-cpp-python")
-    return {name: importlib.metadata.version(name) for name in names}
+    @classmethod
+    def render(
+        cls, name: str, path: Path, examples: list[Example], catalogue: Catalogue, prompt: RouterPrompt,
+        tokenizer: Any, max_length: int,
+    ) -> _Split:  # fmt: skip
+        rows = sft_rows(examples, catalogue, prompt)
+        # Truncating would cut the call the loss is computed on: drop such rows, and say so.
+        kept = [
+            r
+            for r in rows
+            if len(tokenizer(r.prompt + r.completion, add_special_tokens=False)["input_ids"]) <= max_length
+        ]
+        if dropped := len(rows) - len(kept):
+            print(f"warning: dropped {dropped} of {len(rows)} {name} rows longer than {max_length} tokens")
+        return cls(name, path, examples, kept, dropped)
+
+    def dataset(self) -> Any:
+        from datasets import Dataset
+
+        return Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in self.rows])
+
+    def identity(self) -> DataIdentity:
+        return DataIdentity(
+            path=str(self.path),
+            sha256=file_sha256(self.path),
+            examples=len(self.examples),
+            used=len(self.rows),
+            dropped_too_long=self.dropped,
+        )
 
 
 def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
@@ -67,49 +96,10 @@ def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
         raise TrainingError(f"{run.path}: nothing to resume")
 
 
-def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> RunManifest:
+def _lora_config(config: TrainConfig, model: Any) -> Any:
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
-    from transformers import TrainerCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
 
-    started = time.perf_counter()
-    run = RunDir(config.run_dir)
-    _check_resumable(run, config, resume)
-    catalogue = load_catalogue(config.tools) if config.tools else None
-    train_examples, catalogue = _read(config.data, catalogue)
-    eval_examples = _read(config.eval, catalogue)[0] if config.eval else []
-
-    run.start()
-    from toolroute.runtime.files import atomic_write_text
-
-    atomic_write_text(run.config_path, config.to_toml())
-    set_seed(config.seed)
-    cuda = torch.cuda.is_available() and config.device != "cpu"
-    if config.device == "cuda" and not cuda:
-        raise TrainingError("--device cuda, but torch sees no CUDA device")
-    if not cuda:
-        torch.set_num_threads(os.cpu_count() or 1)
-
-    base = Base.resolve(config.base)
-    tokenizer = base.load_tokenizer()
-    template = base.chat_template(tokenizer)
-    prompt = router_prompt(catalogue, template, config.mode)
-    train_rows, train_dropped = _fit(
-        sft_rows(train_examples, catalogue, prompt), tokenizer, config.max_length
-    )
-    eval_rows, eval_dropped = _fit(sft_rows(eval_examples, catalogue, prompt), tokenizer, config.max_length)
-    for name, dropped, total in (
-        ("train", train_dropped, len(train_examples)),
-        ("eval", eval_dropped, len(eval_examples)),
-    ):
-        if dropped:
-            print(f"warning: dropped {dropped} of {total} {name} rows longer than {config.max_length} tokens")
-    if not train_rows:
-        raise TrainingError(f"no training row fits in max_length {config.max_length}")
-
-    model = base.load_model(torch.bfloat16 if cuda else torch.float32)
     layers = model.config.num_hidden_layers
     top = config.lora.top_layers
     targets = config.lora.targets
@@ -118,7 +108,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
             {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
              if isinstance(module, torch.nn.Linear) and "lm_head" not in name}
         )  # fmt: skip
-    lora = LoraConfig(
+    return LoraConfig(
         r=config.lora.r,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
@@ -126,16 +116,12 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         layers_to_transform=list(range(max(layers - top, 0), layers)) if top else None,
         task_type="CAUSAL_LM",
     )
-    losses: list[dict[str, Any]] = []
 
-    class LossLog(TrainerCallback):
-        def on_log(
-            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
-        ) -> None:
-            if logs and ("loss" in logs or "eval_loss" in logs):
-                losses.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs})
 
-    args = SFTConfig(
+def _sft_config(config: TrainConfig, run: RunDir, cuda: bool, evaluate: bool) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(run.checkpoints),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -146,7 +132,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
         logging_steps=1,
-        eval_strategy="epoch" if eval_rows else "no",
+        eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch",
         save_total_limit=2,
         seed=config.seed,
@@ -162,37 +148,85 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         # the forward pass costs a third more time on a CPU.
         gradient_checkpointing=False,
     )
+
+
+def _loss_logger(losses: list[dict[str, Any]]) -> Any:
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
+            if logs and ("loss" in logs or "eval_loss" in logs):
+                losses.append({"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs})
+
+    return LossLog()
+
+
+def _versions() -> dict[str, str]:
+    names = ("torch", "transformers", "peft", "trl", "accelerate", "llama-cpp-python")
+    return {name: importlib.metadata.version(name) for name in names}
+
+
+def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> RunManifest | None:
+    """Train a run; returns its manifest (None on the non-main processes of a distributed run)."""
+    import torch
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    started = time.perf_counter()
+    run = RunDir(config.run_dir)
+    _check_resumable(run, config, resume)
+    train_examples, catalogue = _read(config.data, load_catalogue(config.tools) if config.tools else None)
+    eval_examples = _read(config.eval, catalogue)[0] if config.eval else []
+    cuda = torch.cuda.is_available() and config.device != "cpu"
+    if config.device == "cuda" and not cuda:
+        raise TrainingError("--device cuda, but torch sees no CUDA device")
+
+    run.start()
+    atomic_write_text(run.config_path, config.to_toml())
+    set_seed(config.seed)
+    if not cuda:
+        torch.set_num_threads(os.cpu_count() or 1)
+    base = Base.resolve(config.base)
+    tokenizer = base.load_tokenizer()
+    template = base.chat_template(tokenizer)
+    prompt = router_prompt(catalogue, template, config.mode)
+    render = dict(catalogue=catalogue, prompt=prompt, tokenizer=tokenizer, max_length=config.max_length)
+    splits = [_Split.render("train", config.data, train_examples, **render)]
+    if config.eval:
+        splits.append(_Split.render("eval", config.eval, eval_examples, **render))
+    if not splits[0].rows:
+        raise TrainingError(f"no training row fits in max_length {config.max_length}")
+    evaluate = len(splits) > 1 and bool(splits[1].rows)
+
+    model = base.load_model(torch.bfloat16 if cuda else torch.float32)
+    losses: list[dict[str, Any]] = []
     trainer = SFTTrainer(
         model=model,
-        args=args,
-        train_dataset=Dataset.from_list(
-            [{"prompt": r.prompt, "completion": r.completion} for r in train_rows]
-        ),
-        eval_dataset=(
-            Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in eval_rows])
-            if eval_rows
-            else None
-        ),
+        args=_sft_config(config, run, cuda, evaluate),
+        train_dataset=splits[0].dataset(),
+        eval_dataset=splits[1].dataset() if evaluate else None,
         processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=[LossLog(), *callbacks],
+        peft_config=_lora_config(config, model),
+        callbacks=[_loss_logger(losses), *callbacks],
     )
     has_checkpoint = run.checkpoints.is_dir() and any(run.checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
-    eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
-    if eval_loss is not None and not (losses and losses[-1].get("eval_loss") == eval_loss):
+    eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
+    if eval_loss is not None and (not losses or losses[-1].get("eval_loss") != eval_loss):
         losses.append(
             {"step": trainer.state.global_step, "epoch": trainer.state.epoch, "eval_loss": eval_loss}
         )
     if not trainer.is_world_process_zero():
-        return run.load_manifest() if run.is_complete() else None  # type: ignore[return-value]
+        return None
 
     trainer.model.save_pretrained(str(run.adapter))
     tokenizer.save_pretrained(str(run.tokenizer))
     run.write_losses(losses)
     train_losses = [row["loss"] for row in losses if "loss" in row]
-    wall = time.perf_counter() - started
     steps = trainer.state.global_step
+    runtime = result.metrics.get("train_runtime", 0.0)
     manifest = RunManifest(
         name=config.name,
         base=base.identity(model, template),
@@ -202,40 +236,19 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         system_prompt=prompt.system_prompt,
         chat_template=template.template,
         completion_suffix=template.completion_suffix(),
-        data={
-            "train": DataIdentity(
-                path=str(config.data),
-                sha256=file_sha256(config.data),
-                examples=len(train_examples),
-                used=len(train_rows),
-                dropped_too_long=train_dropped,
-            ),
-            **(
-                {
-                    "eval": DataIdentity(
-                        path=str(config.eval),
-                        sha256=file_sha256(config.eval),
-                        examples=len(eval_examples),
-                        used=len(eval_rows),
-                        dropped_too_long=eval_dropped,
-                    )
-                }
-                if config.eval
-                else {}
-            ),
-        },
+        data={split.name: split.identity() for split in splits},
         config=config.model_dump(mode="json"),
         metrics={
             "steps": steps,
-            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-            "seconds_per_step": round(result.metrics.get("train_runtime", 0.0) / max(steps, 1), 3),
+            "train_runtime_s": round(runtime, 2),
+            "seconds_per_step": round(runtime / max(steps, 1), 3),
             "first_train_loss": train_losses[0] if train_losses else None,
             "final_train_loss": train_losses[-1] if train_losses else None,
             "mean_train_loss": round(result.training_loss, 5),
             "final_eval_loss": eval_loss,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
-        wall_time_s=round(wall, 2),
+        wall_time_s=round(time.perf_counter() - started, 2),
         device=torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} threads)",
         versions=_versions(),
     )
