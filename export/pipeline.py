@@ -1,0 +1,195 @@
+"""`toolroute export`: a finished training run -> self-contained router GGUFs.
+
+merge (LoRA into the base) -> convert (llama.cpp's converter, F16) -> quantize (in-process) ->
+embed the router metadata -> check (tokenizer ids, greedy parity). Every file is written under a
+temporary name and renamed when complete, with a `.sha256` beside it; the working directory is
+removed at the end, so an interrupted export leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from toolroute.grammars import Catalogue, GrammarOptions, catalogue_gbnf
+from toolroute.runtime.chat import ChatTemplate, RouterPrompt
+from toolroute.runtime.files import atomic_write_text
+from toolroute.runtime.router_file import RouterMetadata
+from toolroute.train.bases import Base, file_sha256
+from toolroute.train.formats import read_examples
+from toolroute.train.run_dir import RunDir, RunManifest
+
+from .converter import convert
+from .embed import write_router_gguf
+from .merge import merge_run
+from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_greedy, token_ids
+from .quantize import TensorTypes, quantize, tensor_types
+
+
+class ExportedFile(BaseModel):
+    level: str
+    path: str
+    size_bytes: int
+    sha256: str
+    seconds: float
+    tensor_types: TensorTypes
+    parity_with_f16: float | None = None
+
+
+class ExportReport(BaseModel):
+    run: str
+    files: list[ExportedFile]
+    seconds: dict[str, float]
+    tokenizer_matches_base: bool
+    parity_prompts: int
+    parity_hf_vs_f16: float | None
+    parity_mismatches: list[dict[str, str]]
+
+
+def router_metadata(manifest: RunManifest, manifest_sha256: str, options: GrammarOptions) -> RouterMetadata:
+    catalogue = Catalogue.from_openai(manifest.catalogue, where="manifest catalogue")
+    if catalogue.sha256 != manifest.catalogue_sha256:
+        raise ValueError("the run's catalogue does not match its recorded hash")
+    return RouterMetadata(
+        catalogue=catalogue.to_json(),
+        catalogue_sha256=catalogue.sha256,
+        prompt_mode=manifest.prompt_mode,
+        system_prompt=manifest.system_prompt,
+        grammar=catalogue_gbnf(catalogue, options),
+        grammar_options=options.model_dump_json(),
+        chat_template=manifest.chat_template,
+        completion_suffix=manifest.completion_suffix,
+        base=manifest.base.model_dump_json(),
+        manifest_sha256=manifest_sha256,
+    )
+
+
+def _publish(source: Path, destination: Path, metadata: RouterMetadata) -> str:
+    """Embed metadata into `destination` (atomic) and write its .sha256 beside it."""
+    write_router_gguf(source, destination, metadata)
+    digest = file_sha256(destination)
+    atomic_write_text(destination.with_name(destination.name + ".sha256"), f"{digest}  {destination.name}\n")
+    return digest
+
+
+def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
+    split = manifest.data.get("eval") or manifest.data["train"]
+    catalogue = Catalogue.from_openai(manifest.catalogue)
+    examples = read_examples(split.path, catalogue).examples[:count]
+    prompt = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt)
+    return [prompt.render(e.request, e.history) for e in examples]
+
+
+def export_run(
+    run_path: Path,
+    levels: list[str],
+    out_dir: Path,
+    parity_prompts: int = 50,
+    options: GrammarOptions | None = None,
+) -> ExportReport:
+    import torch
+
+    run = RunDir(run_path)
+    manifest = run.load_manifest()
+    manifest_sha256 = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
+    metadata = router_metadata(manifest, manifest_sha256, options or GrammarOptions())
+    template = ChatTemplate(template=manifest.chat_template, bos_token="", eos_token="")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".work-{manifest.name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    seconds: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        cuda = torch.cuda.is_available()
+        merged, tokenizer = merge_run(
+            run, manifest, work / "merged", torch.bfloat16 if cuda else torch.float32
+        )
+        seconds["merge"] = round(time.perf_counter() - started, 2)
+
+        started = time.perf_counter()
+        f16 = convert(work / "merged", work / "f16.gguf", "f16")
+        seconds["convert_f16"] = round(time.perf_counter() - started, 2)
+
+        files: list[ExportedFile] = []
+        for level in levels:
+            started = time.perf_counter()
+            source = f16 if level == "f16" else quantize(f16, work / f"{level}.gguf", level)
+            destination = out_dir / f"{manifest.name}.{level}.gguf"
+            digest = _publish(source, destination, metadata)
+            elapsed = round(time.perf_counter() - started, 2)
+            seconds[level] = elapsed
+            files.append(
+                ExportedFile(
+                    level=level, path=str(destination), size_bytes=destination.stat().st_size, sha256=digest,
+                    seconds=elapsed, tensor_types=tensor_types(destination, level),
+                )
+            )  # fmt: skip
+
+        probe = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt).render(
+            TOKENIZER_PROBE_REQUEST
+        )
+        base = Base.resolve(manifest.base.spec)
+        reference = (
+            token_ids(Path(base.location), probe)
+            if base.kind == "gguf"
+            else tokenizer(probe, add_special_tokens=False)["input_ids"]
+        )
+        tokenizer_ok = token_ids(f16, probe) == reference
+
+        started = time.perf_counter()
+        prompts = _parity_prompts(manifest, template, parity_prompts) if parity_prompts else []
+        stop = manifest.completion_suffix
+        hf_out = hf_greedy(merged, tokenizer, prompts, stop, 96) if prompts else []
+        outputs = {f.level: gguf_greedy(Path(f.path), prompts, stop, 96) for f in files} if prompts else {}
+        reference_out = outputs.get("f16") or (gguf_greedy(f16, prompts, stop, 96) if prompts else [])
+        for file in files:
+            if prompts:
+                file.parity_with_f16 = agreement(outputs[file.level], reference_out)
+        seconds["parity"] = round(time.perf_counter() - started, 2)
+        mismatches = [
+            {"prompt_tail": p[-120:], "hf": a, "gguf_f16": b}
+            for p, a, b in zip(prompts, hf_out, reference_out, strict=True)
+            if a != b
+        ]
+        report = ExportReport(
+            run=manifest.name,
+            files=files,
+            seconds=seconds,
+            tokenizer_matches_base=tokenizer_ok,
+            parity_prompts=len(prompts),
+            parity_hf_vs_f16=agreement(hf_out, reference_out) if prompts else None,
+            parity_mismatches=mismatches[:10],
+        )
+        atomic_write_text(out_dir / f"{manifest.name}.export.json", report.model_dump_json(indent=2) + "\n")
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def format_report(report: ExportReport) -> str:
+    timing = report.seconds
+    lines = [
+        f"export of {report.run}: merge {timing.get('merge')} s, convert {timing.get('convert_f16')} s, "
+        f"parity {timing.get('parity', 0)} s",
+        f"tokenizer ids equal to the base's: {'yes' if report.tokenizer_matches_base else 'NO'}",
+    ]
+    if report.parity_hf_vs_f16 is not None:
+        lines.append(
+            f"greedy parity, merged HF vs GGUF F16: {report.parity_hf_vs_f16:.1%} of {report.parity_prompts}"
+        )
+    lines.append("| level | size MB | seconds | agrees with F16 | tensors not at the main type |")
+    lines.append("|---|---:|---:|---:|---|")
+    for file in report.files:
+        other = ", ".join(
+            f"{k} {v}" for k, v in file.tensor_types.counts.items() if k != file.tensor_types.main_type
+        )
+        parity = "" if file.parity_with_f16 is None else f"{file.parity_with_f16:.1%}"
+        lines.append(
+            f"| {file.level} | {file.size_bytes / 1e6:.1f} | {file.seconds} | {parity} | {other or 'none'} |"
+        )
+    return "\n".join(lines)
