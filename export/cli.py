@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("run", help="a finished training run directory (runs/NAME)")
     parser.add_argument("--quant", default=DEFAULT_LEVELS, help=f"levels, comma-separated ({DEFAULT_LEVELS})")
     parser.add_argument("--out", default="dist", help="output directory (dist)")
-    parser.add_argument("--parity-prompts", type=int, default=50, help="prompts to compare greedily")
+    parser.add_argument("--parity-prompts", type=int, default=40, help="prompts to compare greedily")
     parser.add_argument("--max-string-length", type=int, default=defaults.max_string_length)
     parser.add_argument("--max-reason-length", type=int, default=defaults.max_reason_length)
     parser.set_defaults(handler=_export)

@@ -1,71 +1,79 @@
 """Does the GGUF say what the merged model says? Greedy outputs compared prompt by prompt.
 
-Unconstrained greedy decoding on both sides (no grammar), so that any difference in weights,
-tokenizer or template shows; tokenizer and template mismatches are the usual reason a fine-tune
-breaks after export.
+Unconstrained greedy decoding (no grammar), so that any difference in weights, tokenizer or template
+shows; tokenizer and template mismatches are the usual reason a fine-tune breaks after export.
+
+llama.cpp decodes each prompt greedily; the merged HF model then reads prompt + that output in one
+teacher-forced forward pass. Its greedy decoding would have produced the same output exactly when
+its argmax equals llama.cpp's token at every generated position, end token included, so one
+forward pass per prompt replaces a slow token-by-token generation in fp32 on a CPU.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from tqdm import tqdm
 
 # Unicode, digits, quotes and backslashes: what tokenizers disagree on first.
 TOKENIZER_PROBE_REQUEST = 'Where is "ORD-1234"? Ünïcödé 中文 😀 digits 0123456789, quotes \' " \\ done'
 
 
-def _cut(text: str, stop: str) -> str:
-    return text.split(stop, 1)[0] if stop else text
+class Greedy(BaseModel):
+    prompt_ids: list[int]
+    output_ids: list[int]  # generated tokens, the end-of-generation token included when reached
+    text: str
 
 
-def hf_greedy(
-    model: Any, tokenizer: Any, prompts: Sequence[str], stop: str, max_new_tokens: int
-) -> list[str]:
-    import torch
-
-    stop_ids = tokenizer(stop, add_special_tokens=False)["input_ids"] if stop else []
-    eos = [tokenizer.eos_token_id, *stop_ids[:1]]
-    outputs = []
-    model.eval()
-    with torch.no_grad():
-        for prompt in tqdm(prompts, desc="parity: merged HF model", leave=False):
-            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            generated = model.generate(
-                ids, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                pad_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            text = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=False)
-            outputs.append(_cut(text, stop))
-    return outputs
-
-
-def gguf_greedy(path: Path, prompts: Sequence[str], stop: str, max_new_tokens: int) -> list[str]:
+def gguf_greedy(path: Path, prompts: Sequence[str], max_new_tokens: int) -> list[Greedy]:
     import llama_cpp
     from llama_cpp import Llama
 
-    llama = Llama(str(path), n_ctx=2048, verbose=False)
+    llama = Llama(str(path), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
-    outputs = []
+    results = []
     try:
         for prompt in tqdm(prompts, desc=f"parity: {path.name}", leave=False):
-            tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            out = b""
-            for count, token in enumerate(
-                llama.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0)
-            ):
-                if llama_cpp.llama_vocab_is_eog(vocab, token) or count >= max_new_tokens:
-                    break
-                out += llama.detokenize([token], special=True)
-                if stop and stop.encode() in out:
+            prompt_ids = llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            output: list[int] = []
+            for token in llama.generate(prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+                output.append(token)
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or len(output) >= max_new_tokens:
                     break
             llama.reset()
-            outputs.append(_cut(out.decode("utf-8", errors="replace"), stop))
+            text = llama.detokenize(output, special=True).decode("utf-8", errors="replace")
+            results.append(Greedy(prompt_ids=prompt_ids, output_ids=output, text=text))
     finally:
         llama.close()
-    return outputs
+    return results
+
+
+def hf_agrees(model: Any, references: Sequence[Greedy], batch_size: int = 8) -> list[bool]:
+    """Whether the HF model's greedy choice equals each reference token, prompt by prompt."""
+    import torch
+
+    model.eval()
+    verdicts: list[bool] = []
+    for start in tqdm(range(0, len(references), batch_size), desc="parity: merged HF model", leave=False):
+        batch = references[start : start + batch_size]
+        sequences = [r.prompt_ids + r.output_ids for r in batch]
+        width = max(len(s) for s in sequences)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):  # right padding: causal positions stay exact
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+            mask[row, : len(sequence)] = 1
+        with torch.no_grad():
+            choices = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+        for row, reference in enumerate(batch):
+            first = len(reference.prompt_ids) - 1  # the logits at position i predict token i + 1
+            predicted = choices[row, first : first + len(reference.output_ids)].tolist()
+            verdicts.append(predicted == reference.output_ids)
+    return verdicts
 
 
 def agreement(first: Sequence[str], second: Sequence[str]) -> float:

@@ -26,7 +26,7 @@ from toolroute.train.run_dir import RunDir, RunManifest
 from .converter import convert
 from .embed import write_router_gguf
 from .merge import merge_run
-from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_greedy, token_ids
+from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_agrees, token_ids
 from .quantize import TensorTypes, quantize, tensor_types
 
 
@@ -88,7 +88,7 @@ def export_run(
     run_path: Path,
     levels: list[str],
     out_dir: Path,
-    parity_prompts: int = 50,
+    parity_prompts: int = 40,
     options: GrammarOptions | None = None,
 ) -> ExportReport:
     import torch
@@ -143,18 +143,19 @@ def export_run(
 
         started = time.perf_counter()
         prompts = _parity_prompts(manifest, template, parity_prompts) if parity_prompts else []
-        stop = manifest.completion_suffix
-        hf_out = hf_greedy(merged, tokenizer, prompts, stop, 96) if prompts else []
-        outputs = {f.level: gguf_greedy(Path(f.path), prompts, stop, 96) for f in files} if prompts else {}
-        reference_out = outputs.get("f16") or (gguf_greedy(f16, prompts, stop, 96) if prompts else [])
+        greedy = {f.level: gguf_greedy(Path(f.path), prompts, 96) for f in files} if prompts else {}
+        reference = greedy.get("f16") or (gguf_greedy(f16, prompts, 96) if prompts else [])
+        verdicts = hf_agrees(merged, reference) if prompts else []
         for file in files:
             if prompts:
-                file.parity_with_f16 = agreement(outputs[file.level], reference_out)
+                file.parity_with_f16 = agreement(
+                    [g.text for g in greedy[file.level]], [g.text for g in reference]
+                )
         seconds["parity"] = round(time.perf_counter() - started, 2)
         mismatches = [
-            {"prompt_tail": p[-120:], "hf": a, "gguf_f16": b}
-            for p, a, b in zip(prompts, hf_out, reference_out, strict=True)
-            if a != b
+            {"prompt_tail": p[-120:], "gguf_f16": r.text}
+            for p, r, same in zip(prompts, reference, verdicts, strict=True)
+            if not same
         ]
         report = ExportReport(
             run=manifest.name,
@@ -162,7 +163,7 @@ def export_run(
             seconds=seconds,
             tokenizer_matches_base=tokenizer_ok,
             parity_prompts=len(prompts),
-            parity_hf_vs_f16=agreement(hf_out, reference_out) if prompts else None,
+            parity_hf_vs_f16=sum(verdicts) / len(verdicts) if verdicts else None,
             parity_mismatches=mismatches[:10],
         )
         atomic_write_text(out_dir / f"{manifest.name}.export.json", report.model_dump_json(indent=2) + "\n")
