@@ -16,6 +16,7 @@ from toolroute.export.cli import register as register_export_command
 from toolroute.grammars.cli import register as register_grammar_commands
 from toolroute.grammars.errors import CatalogueError
 from toolroute.runtime.inspect_cli import register as register_inspect_command
+from toolroute.runtime.route_cli import register as register_route_commands
 from toolroute.train.cli import register as register_data_commands
 from toolroute.train.train_cli import register as register_train_command
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_grammar_commands(commands)
     register_data_commands(commands)
     register_train_command(commands)
+    register_route_commands(commands)
     register_export_command(commands)
     register_inspect_command(commands)
     return parser

@@ -1,0 +1,81 @@
+"""What routing returns: a typed `RouteResult`, and the errors a request can raise."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from toolroute.grammars import NoTool, ToolCall
+
+
+class RouteInputError(ValueError):
+    """The request cannot be routed as given (empty, too long, unknown tools...)."""
+
+
+class EmptyRequestError(RouteInputError):
+    pass
+
+
+class RequestTooLongError(RouteInputError):
+    pass
+
+
+class RunnerUp(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    probability: float
+
+
+Kind = Literal["call", "no_tool", "low_confidence", "invalid"]
+
+
+class RouteResult(BaseModel):
+    """One routed request.
+
+    `kind` says what happened and which fields are set:
+
+    - `call`: `call` is a validated `ToolCall`: the only kind `dispatch` will run;
+    - `no_tool`: `no_tool` holds the router's explicit refusal and its reason;
+    - `low_confidence`: the router chose a tool with a probability below the threshold;
+      `call` keeps the would-be call for inspection, `error` says why it was held back;
+    - `invalid`: the output failed validation despite the grammar (or was cut short by a
+      completion cap); `raw` has the text, `error` the reason. Never dispatched.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    kind: Kind
+    call: ToolCall | None = None
+    no_tool: NoTool | None = None
+    error: str | None = None
+    raw: str
+    confidence: float | None = Field(None, description="probability of the chosen tool name, among the names")
+    runner_up: RunnerUp | None = None
+    probabilities: dict[str, float] = Field(default_factory=dict)
+    prompt_tokens: int
+    cached_tokens: int = Field(description="prompt tokens whose KV state came from the cached prefix")
+    completion_tokens: int
+    latency_ms: float
+
+    @property
+    def tool(self) -> str | None:
+        """The chosen tool's name (`no_tool` for a refusal), None when the output is invalid."""
+        if self.call is not None:
+            return self.call.tool
+        if self.no_tool is not None:
+            return self.no_tool.tool
+        return None
+
+    @property
+    def dispatchable(self) -> bool:
+        return self.kind == "call"
+
+    @field_serializer("call")
+    def _dump_call(self, call: ToolCall | None) -> dict[str, Any] | None:
+        # `ToolCall.args` is typed BaseModel, which Pydantic would dump as {}: the JSON form is
+        # the tool, its arguments as JSON values, and the canonical text.
+        if call is None:
+            return None
+        return {"tool": call.tool, "arguments": call.arguments, "canonical": call.canonical}

@@ -1,0 +1,553 @@
+"""The runtime: load one router GGUF, route requests on the CPU, dispatch validated calls.
+
+    router = Router.load("customer-support.gguf", tools=[TrackOrder, RequestRefund, Escalate])
+
+    @router.tool
+    def track_order(args: TrackOrder) -> str: ...
+
+    result = router.route("where is my order ORD-1234?")
+    if result.kind == "call":
+        router.dispatch(result)
+
+Only llama-cpp-python, pydantic and the standard library are imported (no torch).
+
+How a request runs:
+
+1. The prompt is `RouterPrompt.render` (the renderer training used) with the router's own
+   system prompt, tokenized so that user text never becomes special tokens.
+2. **Prefix cache.** The tokens every prompt starts with (the system turn: ~175 tokens for the
+   customer-support router in compact mode) are evaluated once per context, at load, into
+   sequence 0 of a unified KV cache. A request is evaluated in sequence 1, which first takes the
+   prefix's cells by reference (`llama_memory_seq_cp`, metadata only, no copy), so the per-request
+   cost is the request's own tokens plus generation. Afterwards sequence 1 is dropped
+   (`llama_memory_seq_rm`) and the prefix is untouched. Unlike `save_state`/`load_state`
+   (a multi-MB copy per request) this costs nothing, and unlike reusing "whatever the last
+   request left" every request sees the same prefix state, so results do not depend on the
+   order requests come in.
+3. **Greedy decoding under the grammar**, token by token with llama.cpp's own grammar engine
+   (`GrammarMatcher`) and `Utf8Tracker` (which refuses the overlong UTF-8 forms the engine
+   lets through). Bytes the grammar forces (`{"tool":"`, `","arguments":{"order_id":"`, the
+   closing braces) are appended without asking the model (spelled the way the tokenizer
+   spells them, as in training), which skips about half the decode steps of a typical call;
+   `fast_forward=False` turns this off. Generation stops at an end-of-generation token or as
+   soon as the grammar is complete.
+4. **Confidence** at the decision point right after `{"tool":"`: see `confidence.py`.
+5. The text is parsed and validated against the catalogue; anything else is `invalid`.
+
+Input limits: an empty or whitespace-only request is refused (`EmptyRequestError`). The
+completion budget is the grammar's own bound (the longest output it admits, in bytes: one token
+spells at least one byte), so no valid output is ever cut short; `max_completion_tokens` can
+lower it, and an output cut short by a lower cap comes back `invalid`, never dispatched. A
+request whose prompt, plus that budget, plus the confidence trie, does not fit in `n_ctx` is
+refused (`RequestTooLongError`) before anything runs.
+
+Thread safety: a router owns a pool of `n_contexts` llama.cpp contexts over one shared copy of
+the weights; `route` takes a whole context for the request (a queue, so with the default of one
+context it is a lock). Measured on 2 cores (`bench/runtime_latency.py --contexts`): one context
+running llama.cpp with both threads serves concurrent requests about as fast as two contexts
+with one thread each, since a single-token decode already keeps both cores busy, and each extra
+context costs its own KV cache; so one context is the default and the pool is there for
+machines with cores to spare.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import Llama
+from pydantic import ValidationError
+
+from toolroute.grammars import NO_TOOL, Catalogue, CatalogueError, NoTool, ToolCall, catalogue_gbnf, make_call
+from toolroute.grammars.engine import GrammarLoadError, Utf8Tracker
+
+from .chat import ChatTemplate, RouterPrompt, Turn
+from .confidence import DECISION, NameTrie
+from .decoding import Context, Matcher, Vocabulary, forced_bytes, pick_greedy
+from .dispatch import DispatchResult, Registry
+from .limits import gbnf_max_bytes
+from .prompting import PromptTokenizer, common_prefix
+from .results import (
+    EmptyRequestError,
+    RequestTooLongError,
+    RouteInputError,
+    RouteResult,
+    RunnerUp,
+)
+from .router_file import RouterFileError, RouterMetadata
+
+PREFIX_SEQ = 0  # the cached prompt prefix, filled once per context
+WORK_SEQ = 1  # the request being routed
+FIRST_BRANCH_SEQ = 2  # one per tool name while scoring confidence
+DEFAULT_N_CTX = 4096
+# A grammar without a finite bound (never one toolroute writes) gets this completion cap.
+FALLBACK_COMPLETION_TOKENS = 1024
+N_BATCH = 512
+
+HistoryItem = Turn | Mapping[str, str]
+
+
+def _default_threads(n_contexts: int) -> int:
+    """llama-cpp-python's default (half the logical CPUs: the physical cores, on SMT machines),
+    shared between the contexts. llama.cpp spin-waits between steps, so more threads than free
+    cores is far slower, not faster (measured: 0.7 s instead of 12 ms a step on a busy 2-core box)."""
+    return max(1, (os.cpu_count() or 2) // 2 // n_contexts)
+
+
+@dataclass
+class _Grammar:
+    """A grammar the router decodes with: the full catalogue's, or a subset's (server `tools`)."""
+
+    gbnf: str
+    names: list[str]  # the candidate tool names, no_tool last
+    trie: NameTrie
+    max_tokens: int
+
+
+class _Slot:
+    """One context, its cached prefix and its pristine grammar matchers. Used by one thread at a time."""
+
+    def __init__(self, router: Router, n_threads: int) -> None:
+        self.context = Context(router._llama, router.n_ctx, N_BATCH, router._n_seq_max, n_threads)
+        self._llama = router._llama
+        self._matchers: dict[str, Matcher] = {}
+        self.prefix = router._prompts.prefix if router.cache_prefix else []
+        if self.prefix:
+            self.context.extend(self.prefix, PREFIX_SEQ, 0)
+
+    def matcher(self, grammar: _Grammar) -> Matcher:
+        """A fresh matcher for `grammar` (a clone: the GBNF is parsed once per context)."""
+        pristine = self._matchers.get(grammar.gbnf)
+        if pristine is None:
+            pristine = self._matchers[grammar.gbnf] = Matcher(self._llama, grammar.gbnf)
+        return pristine.clone()
+
+    def close(self) -> None:
+        for matcher in self._matchers.values():
+            matcher.close()
+        self._matchers.clear()
+        self.context.close()
+
+
+@dataclass
+class _Generation:
+    text: bytes
+    tokens: int
+    truncated: bool
+    probabilities: dict[str, float]
+
+
+class Router:
+    """A loaded router file: route requests, check confidence, dispatch calls. Thread-safe."""
+
+    def __init__(
+        self,
+        llama: Llama,
+        metadata: RouterMetadata,
+        catalogue: Catalogue,
+        *,
+        path: str = "router",
+        n_threads: int | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_contexts: int = 1,
+        min_confidence: float | None = None,
+        max_completion_tokens: int | None = None,
+        cache_prefix: bool = True,
+        fast_forward: bool = True,
+    ) -> None:
+        if n_contexts < 1:
+            raise ValueError("n_contexts must be at least 1")
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be within [0, 1], not {min_confidence}")
+        self.path = path
+        self.metadata = metadata
+        self.catalogue = catalogue
+        self.min_confidence = metadata.threshold if min_confidence is None else min_confidence
+        self.cache_prefix = cache_prefix
+        self.fast_forward = fast_forward
+        self.n_ctx = n_ctx
+        self.n_contexts = n_contexts
+        self.n_threads = n_threads or _default_threads(n_contexts)
+        self._llama = llama
+        self._max_completion_tokens = max_completion_tokens
+        self.vocabulary = Vocabulary(llama)
+        eos = self.vocabulary.llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace")
+        bos = self.vocabulary.llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace")
+        template = ChatTemplate(template=metadata.chat_template, bos_token=bos, eos_token=eos)
+        self.prompt = RouterPrompt(chat_template=template, system_prompt=metadata.system_prompt)
+        self._prompts = PromptTokenizer(self.prompt, self.vocabulary)
+        self._grammars: dict[frozenset[str] | None, _Grammar] = {}
+        self._grammar_lock = threading.Lock()
+        full = self._grammar(None)
+        max_seqs = llama_cpp.llama_max_parallel_sequences()
+        self._n_seq_max = FIRST_BRANCH_SEQ + max(2, min(len(full.names), max_seqs - FIRST_BRANCH_SEQ))
+        self._registry = Registry(catalogue)
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        self._all_slots: list[_Slot] = []
+        try:
+            for _ in range(n_contexts):
+                slot = _Slot(self, self.n_threads)
+                self._all_slots.append(slot)
+                self._slots.put(slot)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        tools: Any = None,
+        min_confidence: float | None = None,
+        n_threads: int | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_contexts: int = 1,
+        max_completion_tokens: int | None = None,
+        cache_prefix: bool = True,
+        fast_forward: bool = True,
+    ) -> Router:
+        """Load a router GGUF and check its embedded metadata.
+
+        `tools` (Pydantic models, typed functions, OpenAI tools JSON, a `Catalogue`) must declare
+        exactly the embedded catalogue, in any order; calls then come back as the given Pydantic
+        classes. `min_confidence` defaults to the threshold embedded in the file, if any.
+        """
+        where = str(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{where}: no such router file")
+        threads = n_threads or _default_threads(n_contexts)
+        # The Llama object owns the weights (and the vocabulary); the router runs its own contexts
+        # over them, so Llama's own context is kept minimal.
+        llama = Llama(where, n_ctx=64, n_batch=8, n_ubatch=8, n_threads=threads, verbose=False)
+        try:
+            metadata = RouterMetadata.from_kv(llama.metadata, where=where)
+            try:
+                catalogue = metadata.load_catalogue()
+            except CatalogueError as exc:
+                raise RouterFileError(f"{where}: the embedded catalogue does not load: {exc}") from None
+            if tools is not None:
+                catalogue = _match_tools(tools, catalogue, where)
+            return cls(
+                llama,
+                metadata,
+                catalogue,
+                path=where,
+                n_threads=threads,
+                n_ctx=n_ctx,
+                n_contexts=n_contexts,
+                min_confidence=min_confidence,
+                max_completion_tokens=max_completion_tokens,
+                cache_prefix=cache_prefix,
+                fast_forward=fast_forward,
+            )
+        except GrammarLoadError as exc:
+            llama.close()
+            raise RouterFileError(
+                f"{where}: the embedded grammar does not load in llama.cpp: {exc}"
+            ) from None
+        except BaseException:
+            llama.close()
+            raise
+
+    def close(self) -> None:
+        """Free the contexts and the model (also done at interpreter exit)."""
+        for slot in getattr(self, "_all_slots", []):
+            slot.close()
+        self._all_slots = []
+        if getattr(self, "_llama", None) is not None:
+            self._llama.close()
+            self._llama = None
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- grammars ----------------------------------------------------------------------------
+
+    def _grammar(self, tools: Iterable[str] | None) -> _Grammar:
+        """The grammar for all tools (the embedded one) or for a subset of them."""
+        key = None if tools is None else frozenset(tools)
+        if key is not None and key == frozenset(self.catalogue.names):
+            key = None
+        with self._grammar_lock:
+            grammar = self._grammars.get(key)
+            if grammar is None:
+                if key is None:
+                    gbnf, names = self.metadata.grammar, self.catalogue.names
+                else:
+                    if unknown := sorted(key - set(self.catalogue.names)):
+                        raise RouteInputError(f"tools not in the router's catalogue: {', '.join(unknown)}")
+                    subset = self.catalogue.subset(n for n in self.catalogue.names if n in key)
+                    gbnf, names = catalogue_gbnf(subset, self.metadata.options), subset.names
+                bound = gbnf_max_bytes(gbnf)
+                limit = FALLBACK_COMPLETION_TOKENS if bound is None else bound + 1
+                if self._max_completion_tokens is not None:
+                    limit = min(limit, self._max_completion_tokens)
+                names = [*names, NO_TOOL]
+                grammar = _Grammar(gbnf, names, NameTrie(names, self.vocabulary), limit)
+                self._grammars[key] = grammar
+            return grammar
+
+    @property
+    def max_completion_tokens(self) -> int:
+        return self._grammar(None).max_tokens
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _turns(self, history: Sequence[HistoryItem] | None) -> list[Turn]:
+        turns = []
+        for index, item in enumerate(history or ()):
+            try:
+                turns.append(item if isinstance(item, Turn) else Turn.model_validate(dict(item)))
+            except (ValidationError, TypeError, ValueError) as exc:
+                raise RouteInputError(f"history turn #{index}: {exc}") from None
+        return turns
+
+    def prepare(
+        self, text: str, history: Sequence[HistoryItem] | None = None, tools: Iterable[str] | None = None
+    ) -> tuple[list[int], int, _Grammar]:
+        """Check a request and tokenize it: (prompt tokens, cached prefix length, grammar).
+
+        Raises `EmptyRequestError` or `RequestTooLongError` (see the module docstring).
+        """
+        if not isinstance(text, str):
+            raise RouteInputError(f"a request is text, not {type(text).__name__}")
+        request = text.strip()  # training requests carry no surrounding whitespace
+        if not request:
+            raise EmptyRequestError("empty request: there is nothing to route")
+        grammar = self._grammar(tools)
+        tokens = self._prompts.tokens(request, self._turns(history))
+        prefix = self._prompts.prefix if self.cache_prefix else []
+        cached = min(common_prefix([tokens, prefix]), len(tokens) - 1) if prefix else 0
+        # KV cells needed: the prefix (shared), the rest of the prompt, the completion budget and
+        # one branch per name while scoring (the trie's nodes).
+        needed = len(tokens) + (len(prefix) - cached) + grammar.max_tokens + len(grammar.trie.nodes)
+        if needed > self.n_ctx:
+            room = self.n_ctx - grammar.max_tokens - len(grammar.trie.nodes)
+            raise RequestTooLongError(
+                f"request too long: the prompt is {len(tokens)} tokens and the context holds {self.n_ctx}, "
+                f"of which {grammar.max_tokens} are kept for the longest output the grammar allows; "
+                f"prompts up to about {room} tokens fit (load the router with a larger n_ctx for more)"
+            )
+        return tokens, cached, grammar
+
+    def route(
+        self, text: str, history: Sequence[HistoryItem] | None = None, *, tools: Iterable[str] | None = None
+    ) -> RouteResult:
+        """Route one request. `history`: earlier turns ({role, content}, user/assistant/tool).
+
+        `tools` restricts the choice to some of the catalogue's tools (the grammar is narrowed;
+        the prompt stays the one the router was trained with).
+        """
+        start = time.perf_counter()
+        tokens, cached, grammar = self.prepare(text, history, tools)
+        slot = self._slots.get()
+        try:
+            generation = self._generate(slot, tokens, cached, grammar)
+        finally:
+            self._slots.put(slot)
+        return self._result(generation, grammar, tokens, cached, start)
+
+    def route_many(
+        self, texts: Sequence[str], history: Sequence[HistoryItem] | None = None
+    ) -> list[RouteResult]:
+        """Route a batch (every request checked first); as many at a time as there are contexts."""
+        for index, text in enumerate(texts):
+            try:
+                self.prepare(text, history)
+            except RouteInputError as exc:
+                raise type(exc)(f"request #{index}: {exc}") from None
+        if self.n_contexts == 1:
+            return [self.route(text, history) for text in texts]
+        with ThreadPoolExecutor(max_workers=self.n_contexts) as pool:
+            return list(pool.map(lambda text: self.route(text, history), texts))
+
+    def _generate(self, slot: _Slot, tokens: list[int], cached: int, grammar: _Grammar) -> _Generation:
+        context, vocabulary = slot.context, self.vocabulary
+        pieces = vocabulary.pieces
+        branch_seqs = list(range(FIRST_BRANCH_SEQ, self._n_seq_max))
+        context.seq_rm(WORK_SEQ)
+        if cached:
+            context.seq_cp(PREFIX_SEQ, WORK_SEQ, 0, cached)
+        matcher = slot.matcher(grammar)
+        utf8 = Utf8Tracker()
+        out = bytearray()
+        produced: list[int] = []
+        pending = list(tokens[cached:])
+        position = cached
+        probabilities: dict[str, float] | None = None
+        truncated = False
+
+        def take(token: int) -> None:  # a token the grammar was just seen to allow
+            matcher.advance(token)
+            utf8.push(pieces[token])
+            out.extend(pieces[token])
+            produced.append(token)
+            pending.append(token)
+
+        try:
+            while True:
+                if self.fast_forward:
+                    # Stop a forced run at the decision point so that confidence is read there.
+                    before = len(DECISION) - len(out) if len(out) < len(DECISION) else None
+                    limit = grammar.max_tokens - len(produced) if before is None else before
+                    if limit > 0 and (span := forced_bytes(matcher, vocabulary, limit)):
+                        for token in vocabulary.spell(span):
+                            if not (matcher.allows(token) and utf8.extends(pieces[token])):
+                                break
+                            take(token)
+                allowed, may_end = matcher.probe(vocabulary)
+                if not allowed:
+                    break  # the grammar is complete (or, impossibly, stuck): nothing to decode
+                if len(produced) >= grammar.max_tokens:
+                    truncated = True
+                    break
+                logits = context.extend(pending, WORK_SEQ, position)
+                position += len(pending)
+                pending.clear()
+                if probabilities is None and out == DECISION:
+                    probabilities = grammar.trie.score(
+                        context, WORK_SEQ, position, logits, matcher, branch_seqs
+                    )
+                token = pick_greedy(matcher, utf8, vocabulary, logits, allowed, may_end)
+                if vocabulary.is_eog(token):
+                    break
+                take(token)
+            if probabilities is None:
+                probabilities = self._score_forced(slot, grammar, tokens, branch_seqs)
+        finally:
+            context.seq_rm(WORK_SEQ)
+            matcher.close()
+        return _Generation(bytes(out), len(produced), truncated, probabilities)
+
+    def _score_forced(
+        self, slot: _Slot, grammar: _Grammar, tokens: list[int], branch_seqs: list[int]
+    ) -> dict[str, float]:
+        """Confidence when the output's tokens stepped over the decision point (a token spanning
+        `":"t`, say): teacher-force `{"tool":"` after the prompt on a branch and score from there."""
+        context, branch, rest = slot.context, branch_seqs[0], branch_seqs[1:]
+        decision = self.vocabulary.spell(DECISION)
+        matcher = slot.matcher(grammar)
+        try:
+            for token in decision:
+                matcher.accept(token)
+            context.seq_cp(WORK_SEQ, branch, 0, len(tokens))
+            logits = context.extend(decision, branch, len(tokens))
+            return grammar.trie.score(context, branch, len(tokens) + len(decision), logits, matcher, rest)
+        finally:
+            context.seq_rm(branch)
+            matcher.close()
+
+    def _result(
+        self, generation: _Generation, grammar: _Grammar, tokens: list[int], cached: int, start: float
+    ) -> RouteResult:
+        raw = generation.text.decode("utf-8", "replace")
+        parsed = None if generation.truncated else self.catalogue.parse(raw)
+        if parsed is not None and parsed.tool not in grammar.names:
+            parsed = None  # outside the tools this request allowed
+        probabilities = dict(sorted(generation.probabilities.items(), key=lambda kv: -kv[1]))
+        chosen = parsed.tool if parsed is not None else None
+        confidence = probabilities.get(chosen) if chosen else None
+        others = [(n, p) for n, p in probabilities.items() if n != chosen]
+        runner_up = RunnerUp(tool=others[0][0], probability=others[0][1]) if chosen and others else None
+        fields: dict[str, Any] = {}
+        if isinstance(parsed, ToolCall):
+            fields["call"] = parsed
+            threshold = self.min_confidence
+            if threshold is not None and confidence is not None and confidence < threshold:
+                fields["kind"] = "low_confidence"
+                fields["error"] = (
+                    f"confidence {confidence:.3f} in {parsed.tool} is below the threshold {threshold:g}"
+                    + (f" (runner-up {runner_up.tool} at {runner_up.probability:.3f})" if runner_up else "")
+                )
+            else:
+                fields["kind"] = "call"
+        elif isinstance(parsed, NoTool):
+            fields.update(kind="no_tool", no_tool=parsed)
+        else:
+            fields.update(kind="invalid", error=self._diagnose(raw, generation))
+        return RouteResult(
+            raw=raw,
+            confidence=confidence,
+            runner_up=runner_up,
+            probabilities=probabilities,
+            prompt_tokens=len(tokens),
+            cached_tokens=cached,
+            completion_tokens=generation.tokens,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+            **fields,
+        )
+
+    def _diagnose(self, raw: str, generation: _Generation) -> str:
+        if generation.truncated:
+            return f"the output was cut at the completion cap of {generation.tokens} tokens"
+        import json
+
+        try:
+            data = json.loads(raw)
+            make_call(self.catalogue, data["tool"], data["arguments"])
+        except Exception as exc:  # the reason is the point here, whatever raised it
+            return f"the output fails validation: {type(exc).__name__}: {exc}"
+        return "the output is not a call this request allows"
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def tool(self, fn: Callable[..., Any] | str | None = None, *, name: str | None = None) -> Any:
+        """Register a function for a catalogue tool: `@router.tool`, `@router.tool("name")`."""
+        if isinstance(fn, str):
+            fn, name = None, fn
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            self._registry.register(name or function.__name__, function)
+            return function
+
+        return register(fn) if fn is not None else register
+
+    def register(self, functions: Mapping[str, Callable[..., Any]] | Iterable[Callable[..., Any]]) -> None:
+        """Register functions by tool name (`{name: fn}`), or by their own names."""
+        items = functions.items() if isinstance(functions, Mapping) else ((f.__name__, f) for f in functions)
+        for tool_name, function in items:
+            self._registry.register(tool_name, function)
+
+    @property
+    def registered(self) -> list[str]:
+        return self._registry.names
+
+    def dispatch(self, result: RouteResult | ToolCall | NoTool) -> DispatchResult:
+        """Run a routed call's function; see `Registry.dispatch`. Never raises for a tool's error."""
+        return self._registry.dispatch(result)
+
+
+def _match_tools(tools: Any, embedded: Catalogue, where: str) -> Catalogue:
+    """The catalogue the caller declared, checked against the embedded one (order aside)."""
+    if isinstance(tools, Catalogue):
+        given = tools
+    elif isinstance(tools, str | os.PathLike):
+        from toolroute.grammars import load_catalogue
+
+        given = load_catalogue(tools)
+    elif isinstance(tools, Mapping):
+        given = Catalogue.from_openai(tools)
+    else:
+        given = Catalogue.from_tools(list(tools))
+    if set(given.names) == set(embedded.names):
+        given = Catalogue(tuple(given.get(n) for n in embedded.names), dict(given.sources))
+    if given != embedded:
+        raise RouterFileError(
+            f"{where}: the tools given do not match the router's catalogue: {embedded.diff(given)} "
+            "(the router was trained for its embedded catalogue; retrain or pass the same tools)"
+        )
+    return given
