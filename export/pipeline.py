@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from toolroute.grammars import Catalogue, GrammarOptions, catalogue_gbnf
+from toolroute.grammars import Catalogue, GrammarOptions
 from toolroute.runtime.chat import ChatTemplate, RouterPrompt
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.router_file import RouterMetadata
@@ -54,17 +54,15 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
     catalogue = Catalogue.from_openai(manifest.catalogue, where="manifest catalogue")
     if catalogue.sha256 != manifest.catalogue_sha256:
         raise ValueError("the run's catalogue does not match its recorded hash")
-    return RouterMetadata(
-        catalogue=catalogue.to_json(),
-        catalogue_sha256=catalogue.sha256,
+    return RouterMetadata.build(
+        catalogue,
         prompt_mode=manifest.prompt_mode,
         system_prompt=manifest.system_prompt,
-        grammar=catalogue_gbnf(catalogue, options),
-        grammar_options=options.model_dump_json(),
         chat_template=manifest.chat_template,
         completion_suffix=manifest.completion_suffix,
         base=manifest.base.model_dump_json(),
         manifest_sha256=manifest_sha256,
+        options=options,
     )
 
 

@@ -40,6 +40,38 @@ class RouterMetadata(BaseModel):
     manifest_sha256: str
     min_confidence: str | None = None  # a decimal, once an evaluation picked a threshold
 
+    @classmethod
+    def build(
+        cls,
+        catalogue: Catalogue,
+        *,
+        prompt_mode: str,
+        system_prompt: str,
+        chat_template: str,
+        completion_suffix: str,
+        base: str,
+        manifest_sha256: str,
+        options: GrammarOptions | None = None,
+        min_confidence: float | None = None,
+    ) -> RouterMetadata:
+        """Metadata for a catalogue: its JSON, hash and grammar are derived here, in one place."""
+        from toolroute.grammars import catalogue_gbnf
+
+        options = options or GrammarOptions()
+        return cls(
+            catalogue=catalogue.to_json(),
+            catalogue_sha256=catalogue.sha256,
+            prompt_mode=prompt_mode,
+            system_prompt=system_prompt,
+            grammar=catalogue_gbnf(catalogue, options),
+            grammar_options=options.model_dump_json(),
+            chat_template=chat_template,
+            completion_suffix=completion_suffix,
+            base=base,
+            manifest_sha256=manifest_sha256,
+            min_confidence=None if min_confidence is None else str(min_confidence),
+        )
+
     def to_kv(self) -> dict[str, str]:
         return {PREFIX + key: str(value) for key, value in self.model_dump(exclude_none=True).items()}
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from toolroute.grammars import Catalogue, GrammarOptions, catalogue_gbnf, load_catalogue, render_system_prompt
+from toolroute.grammars import Catalogue, GrammarOptions, load_catalogue, render_system_prompt
 from toolroute.runtime.base_models import packaged_gguf
 from toolroute.runtime.chat import ChatTemplate
 from toolroute.runtime.router_file import RouterMetadata
@@ -28,18 +28,16 @@ def router_metadata(
 ) -> RouterMetadata:
     catalogue = catalogue or load_catalogue(CUSTOMER_SUPPORT_TOOLS)
     template = ChatTemplate.from_gguf(packaged_gguf())
-    return RouterMetadata(
-        catalogue=catalogue.to_json(),
-        catalogue_sha256=catalogue.sha256,
+    return RouterMetadata.build(
+        catalogue,
         prompt_mode=mode,
         system_prompt=render_system_prompt(catalogue, mode),
-        grammar=catalogue_gbnf(catalogue, options),
-        grammar_options=options.model_dump_json(),
         chat_template=template.template,
         completion_suffix=template.completion_suffix(),
         base='{"spec":"default"}',
         manifest_sha256="0" * 64,
-        min_confidence=None if min_confidence is None else str(min_confidence),
+        options=options,
+        min_confidence=min_confidence,
     )
 
 
