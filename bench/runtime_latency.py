@@ -8,7 +8,7 @@ temporary directory (the latency of an untuned router is the latency of a traine
 prompt and grammar, and outputs of the same shape). A file without router metadata (a plain
 quantized GGUF, say) gets the customer-support metadata embedded the same way.
 
-Configurations, each in its own process so that peak RSS is its own:
+Configurations:
 
 - `router`: `Router.route` (cached system-prompt prefix, forced bytes appended without decoding);
 - `router, no prefix cache`: the whole prompt evaluated for every request;
@@ -17,8 +17,11 @@ Configurations, each in its own process so that peak RSS is its own:
   temperature=0)` on the same GGUF (which reuses the previous prompt's KV prefix by itself).
 
 The requests are the customer-support eval set (`examples/customer_support/eval.jsonl`, the user
-message of each row). `--contexts` adds a concurrency table: 4 client threads against one
-context with all threads vs two contexts with half each. Prints Markdown tables.
+message of each row). Latencies are measured in one process with every configuration loaded,
+request by request with the order rotating, so that a change in the machine's load (a shared
+box) hits all configurations alike; load time and peak RSS come from a process per
+configuration. `--contexts` adds a concurrency table: 4 client threads against one context with
+one thread, one context with all cores, and two contexts with half each. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -97,58 +100,82 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def run_router(path: str, texts: list[str], threads: int, options: dict[str, Any]) -> dict[str, Any]:
-    from toolroute.runtime.router import Router
+class RouterRunner:
+    """`Router.route` with one configuration."""
 
-    start = time.perf_counter()
-    router = Router.load(path, n_threads=threads, **options)
-    load_s = time.perf_counter() - start
-    for text in texts[:2]:
-        router.route(text)  # warm-up: first-call allocations, page faults
-    latencies, outputs, prompt, completion, valid = [], [], [], [], 0
-    for text in _progress(texts, "router"):
-        result = router.route(text)
-        latencies.append(result.latency_ms)
-        outputs.append(result.raw)
-        prompt.append(result.prompt_tokens - result.cached_tokens)
-        completion.append(result.completion_tokens)
-        valid += result.kind in ("call", "no_tool", "low_confidence")
-    router.close()
-    return _summary(load_s, latencies, outputs, prompt, completion, valid)
+    def __init__(self, path: str, threads: int, options: dict[str, Any]) -> None:
+        from toolroute.runtime.router import Router
+
+        self.router = Router.load(path, n_threads=threads, **options)
+
+    def __call__(self, text: str) -> tuple[float, str, int, int, bool]:
+        result = self.router.route(text)
+        valid = result.kind in ("call", "no_tool", "low_confidence")
+        evaluated = result.prompt_tokens - result.cached_tokens
+        return result.latency_ms, result.raw, evaluated, result.completion_tokens, valid
 
 
-def run_naive(path: str, texts: list[str], threads: int) -> dict[str, Any]:
-    from llama_cpp import Llama, LlamaGrammar
+class NaiveRunner:
+    """`Llama.create_chat_completion` with the router's grammar, greedy, on the same file."""
 
-    from toolroute.runtime.limits import gbnf_max_bytes
-    from toolroute.runtime.router_file import RouterMetadata
+    def __init__(self, path: str, threads: int) -> None:
+        from llama_cpp import Llama, LlamaGrammar
 
-    start = time.perf_counter()
-    llama = Llama(path, n_ctx=4096, n_threads=threads, verbose=False)
-    metadata = RouterMetadata.from_kv(llama.metadata, where=path)
-    catalogue = metadata.load_catalogue()
-    grammar = LlamaGrammar.from_string(metadata.grammar, verbose=False)
-    load_s = time.perf_counter() - start
-    max_tokens = (gbnf_max_bytes(metadata.grammar) or 1024) + 1
+        from toolroute.runtime.limits import gbnf_max_bytes
+        from toolroute.runtime.router_file import RouterMetadata
 
-    def complete(text: str) -> dict[str, Any]:
-        messages = [{"role": "system", "content": metadata.system_prompt}, {"role": "user", "content": text}]
-        return llama.create_chat_completion(messages, grammar=grammar, temperature=0.0, max_tokens=max_tokens)
+        # The same threads for prompts as for steps, as the router uses (llama-cpp-python's default
+        # for prompts is every CPU, which spin-waits badly on a shared machine).
+        self.llama = Llama(path, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.metadata = RouterMetadata.from_kv(self.llama.metadata, where=path)
+        self.catalogue = self.metadata.load_catalogue()
+        self.grammar = LlamaGrammar.from_string(self.metadata.grammar, verbose=False)
+        self.max_tokens = (gbnf_max_bytes(self.metadata.grammar) or 1024) + 1
 
-    for text in texts[:2]:
-        complete(text)
-    latencies, outputs, prompt, completion, valid = [], [], [], [], 0
-    for text in _progress(texts, "naive"):
+    def __call__(self, text: str) -> tuple[float, str, int, int, bool]:
+        messages = [
+            {"role": "system", "content": self.metadata.system_prompt},
+            {"role": "user", "content": text},
+        ]
         begin = time.perf_counter()
-        response = complete(text)
-        latencies.append((time.perf_counter() - begin) * 1000.0)
+        response = self.llama.create_chat_completion(
+            messages, grammar=self.grammar, temperature=0.0, max_tokens=self.max_tokens
+        )
+        latency = (time.perf_counter() - begin) * 1000.0
         content = response["choices"][0]["message"]["content"] or ""
-        outputs.append(content)
-        prompt.append(response["usage"]["prompt_tokens"])
-        completion.append(response["usage"]["completion_tokens"])
-        valid += catalogue.parse(content) is not None
-    llama.close()
-    return _summary(load_s, latencies, outputs, prompt, completion, valid)
+        usage = response["usage"]
+        valid = self.catalogue.parse(content) is not None
+        return latency, content, usage["prompt_tokens"], usage["completion_tokens"], valid
+
+
+def make_runner(path: str, threads: int, name: str) -> Any:
+    options = CONFIGS[name]
+    return NaiveRunner(path, threads) if options is None else RouterRunner(path, threads, options)
+
+
+def run_footprint(path: str, texts: list[str], threads: int, name: str) -> dict[str, Any]:
+    """Load time, and peak RSS after loading and routing a few requests, of one configuration."""
+    start = time.perf_counter()
+    runner = make_runner(path, threads, name)
+    load_s = time.perf_counter() - start
+    for text in texts[:5]:
+        runner(text)
+    return {"load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_latency(path: str, texts: list[str], threads: int, names: list[str]) -> dict[str, Any]:
+    """Every configuration on every request, interleaved (the order rotating from one request to
+    the next), so that a change in the machine's load hits all configurations alike."""
+    runners = {name: make_runner(path, threads, name) for name in names}
+    for runner in runners.values():
+        for text in texts[:2]:
+            runner(text)  # warm-up: first-call allocations, page faults
+    rows: dict[str, list[tuple[float, str, int, int, bool]]] = {name: [] for name in names}
+    for index, text in enumerate(_progress(texts, "requests")):
+        for offset in range(len(names)):
+            name = names[(index + offset) % len(names)]
+            rows[name].append(runners[name](text))
+    return {name: _summary(rows[name]) for name in names}
 
 
 def run_concurrent(path: str, texts: list[str], threads: int, contexts: int, clients: int) -> dict[str, Any]:
@@ -192,30 +219,30 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
-def _summary(load_s: float, latencies, outputs, prompt, completion, valid) -> dict[str, Any]:
+def _summary(rows: list[tuple[float, str, int, int, bool]]) -> dict[str, Any]:
+    latencies = [row[0] for row in rows]
     return {
-        "load_s": load_s,
         "p50_ms": _percentile(latencies, 50),
         "p95_ms": _percentile(latencies, 95),
         "mean_ms": statistics.fmean(latencies),
-        "peak_rss_mb": peak_rss_mb(),
-        "prompt_tokens_evaluated": statistics.fmean(prompt),
-        "completion_tokens": statistics.fmean(completion),
-        "valid": valid,
-        "n": len(outputs),
-        "outputs": outputs,
+        "prompt_tokens_evaluated": statistics.fmean(row[2] for row in rows),
+        "completion_tokens": statistics.fmean(row[3] for row in rows),
+        "valid": sum(row[4] for row in rows),
+        "n": len(rows),
+        "outputs": [row[1] for row in rows],
+        "latencies": latencies,
     }
 
 
 def worker(args: argparse.Namespace) -> None:
     spec = json.loads(args.worker)
     texts = requests(spec["limit"])
-    if spec["kind"] == "naive":
-        result = run_naive(spec["path"], texts, spec["threads"])
-    elif spec["kind"] == "concurrent":
-        result = run_concurrent(spec["path"], texts, spec["threads"], spec["contexts"], spec["clients"])
+    if spec["kind"] == "footprint":
+        result = run_footprint(spec["path"], texts, spec["threads"], spec["name"])
+    elif spec["kind"] == "latency":
+        result = run_latency(spec["path"], texts, spec["threads"], spec["names"])
     else:
-        result = run_router(spec["path"], texts, spec["threads"], spec["options"])
+        result = run_concurrent(spec["path"], texts, spec["threads"], spec["contexts"], spec["clients"])
     print(json.dumps(result))
 
 
@@ -270,32 +297,39 @@ def main(argv: list[str] | None = None) -> int:
 
 def latency_table(files: list[Path], args: argparse.Namespace, n: int) -> None:
     header = (
-        "| file | configuration | load s | p50 ms | p95 ms | mean ms | peak RSS MB "
-        "| prompt tok evaluated | completion tok | valid | same output as router |"
+        "| file | configuration | load s | p50 ms | p95 ms | mean ms | mean ms, same-output subset "
+        "| peak RSS MB | prompt tok evaluated | completion tok | valid | same output as router |"
     )
     print(header)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = [name for name in CONFIGS if not args.configs or name in args.configs]
     for path in files:
-        reference = None
-        for name, options in CONFIGS.items():
-            if args.configs and name not in args.configs:
-                continue
-            spec = {"path": str(path), "limit": args.limit, "threads": args.threads}
-            spec |= {"kind": "naive"} if options is None else {"kind": "router", "options": options}
-            result = spawn(spec)
-            if name == "router":
-                reference = result["outputs"]
+        spec = {"path": str(path), "limit": args.limit, "threads": args.threads}
+        footprints = {name: spawn(spec | {"kind": "footprint", "name": name}) for name in names}
+        latencies = spawn(spec | {"kind": "latency", "names": names})
+        reference = latencies["router"]["outputs"] if "router" in latencies else None
+        # Different configurations can write different outputs (of different lengths); the
+        # requests where they all agree compare the same work.
+        agreed = [i for i in range(n) if len({latencies[name]["outputs"][i] for name in names}) == 1]
+        for name in names:
+            result = latencies[name] | footprints[name]
             same = "-"
             if reference is not None:
                 same = f"{sum(a == b for a, b in zip(reference, result['outputs'], strict=True))}/{n}"
+            subset = statistics.fmean(result["latencies"][i] for i in agreed) if agreed else float("nan")
             print(
                 f"| {path.name} | {name} | {result['load_s']:.2f} | {result['p50_ms']:.0f} "
-                f"| {result['p95_ms']:.0f} | {result['mean_ms']:.0f} | {result['peak_rss_mb']:.0f} "
+                f"| {result['p95_ms']:.0f} | {result['mean_ms']:.0f} | {subset:.0f} ({len(agreed)} req) "
+                f"| {result['peak_rss_mb']:.0f} "
                 f"| {result['prompt_tokens_evaluated']:.0f} | {result['completion_tokens']:.1f} "
                 f"| {result['valid']}/{result['n']} | {same} |",
                 flush=True,
             )
-    print("\n(naive: the prompt size it reports; it may reuse part of the previous prompt's KV state)")
+    print(
+        "\n(latencies interleaved in one process, request by request; load time and peak RSS (after"
+        " loading and 5 requests) in a process per configuration. naive: the prompt size it reports;"
+        " llama-cpp-python reuses the KV state of the longest prefix it shares with the previous prompt)"
+    )
 
 
 def contexts_table(files: list[Path], args: argparse.Namespace) -> None:

@@ -1,27 +1,27 @@
 """How sure the router is of its tool: a probability for every name at the decision point.
 
-Every canonical output starts with `{"tool":"`; the tokens right after it pick the tool. Each
-candidate name (the catalogue's tools and `no_tool`) is scored as the probability of its own
-tokenization under the grammar-constrained distribution, teacher-forced from that point:
+Every canonical output starts with `{"tool":"`; the tokens right after it pick the tool. The
+probability of a name (a catalogue tool or `no_tool`) is the probability that the grammar-
+constrained sampler writes that name next, whatever the spelling, where each step's distribution
+is the model's softmax over the tokens the grammar allows there (what the constrained decoder
+itself chooses from; greedy decoding takes its argmax):
 
-    P(name) = prod_i p(t_i | prefix, t_<i)   where p is the model's softmax over the tokens the
-                                              grammar allows at that step (what the constrained
-                                              decoder itself samples from)
+    P(name) = sum over the allowed tokens t whose text leads only to `name` of p(t)
+            + sum over the tokens whose text is still ambiguous of p(t) * P(name | t)
 
-times, for a name that is a prefix of another name, the probability that the name ends there
-(the allowed mass of tokens that start with the closing quote). The scores are normalised over
-the names only. Paths are evaluated as a trie in a single llama.cpp batch: one sequence per
-name, a token shared by several names evaluated once with all their sequence ids, so scoring
-costs one decode of a short batch (13 tokens for the customer-support tools), not one per name.
-
-Only each name's canonical spelling (the tokenizer's, which training targets use) is scored;
-other spellings of the same name are left out. A trained router puts its mass on the canonical
-spelling; an untrained model may reach a name through another spelling that scores low.
+At the decision point the model's logits are already there (the greedy step needs them), and a
+token's text usually settles the name at once: `track` can only go on to `track_order` (the
+grammar allows nothing else), so the customer-support router's confidence costs no decode at all.
+Only a token shared by several names (`get_` for `get_time` and `get_weather`, or `track` when
+both `track` and `track_order` exist, the closing quote telling them apart) is teacher-forced:
+each level of such tokens is one llama.cpp batch, one sequence per token, branching from the
+request's sequence in the unified KV cache. Tokens below `MIN_EXPANDED` probability, and beyond
+the `MAX_BRANCHES` most probable of a level, are not followed; the names' probabilities are
+normalised over what was followed (the mass left out is reported as `pruned`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,68 +30,74 @@ from .decoding import Context, Matcher, Vocabulary
 
 DECISION = b'{"tool":"'
 _QUOTE = ord('"')
-
-# (logits, ids the grammar allows, log of their softmax normaliser) at one trie node
-_Distribution = tuple[np.ndarray, frozenset[int], float]
+MIN_EXPANDED = 1e-5  # ambiguous tokens less likely than this are not followed
+MAX_BRANCHES = 32  # ambiguous tokens followed per level (the most probable ones)
 
 
 @dataclass
-class _Node:
-    token: int
-    parent: int  # -1 for children of the decision point
-    depth: int  # 0 for the first token after the decision point
-    text: bytes  # the name bytes up to and including this token
-    children: list[int] = field(default_factory=list)
-    ends: list[str] = field(default_factory=list)  # names whose path ends here
+class _Branch:
+    """A point to score from: the name text so far, its logits and grammar state, its mass."""
+
+    text: bytes
+    logits: np.ndarray
+    matcher: Matcher
+    mass: float
+    seq: int
+    position: int  # where the next token goes
 
 
-class NameTrie:
-    """The candidate names' token paths, merged into a trie. Read-only once built."""
+@dataclass
+class NameScores:
+    probabilities: dict[str, float]
+    pruned: float = 0.0  # probability mass in branches that were not followed
+    decodes: int = 0  # llama.cpp batches spent
+    levels: list[int] = field(default_factory=list)  # branches followed per level
+
+
+class NameScorer:
+    """Scores the candidate names at the decision point. Read-only once built (thread-safe)."""
 
     def __init__(self, names: list[str], vocabulary: Vocabulary) -> None:
         self.names = names
         self.vocabulary = vocabulary
-        self.nodes: list[_Node] = []
-        self.roots: list[int] = []
-        self.paths: dict[str, list[int]] = {}  # node indices along each name's path
-        index: dict[tuple[int, int], int] = {}
-        for name in names:
-            parent, text, path = -1, b"", []
-            for depth, token in enumerate(vocabulary.spell(name.encode("utf-8"))):
-                text += vocabulary.pieces[token]
-                key = (parent, token)
-                if key not in index:
-                    index[key] = len(self.nodes)
-                    self.nodes.append(_Node(token, parent, depth, text))
-                    (self.roots if parent < 0 else self.nodes[parent].children).append(index[key])
-                parent = index[key]
-                path.append(parent)
-            self.nodes[parent].ends.append(name)
-            self.paths[name] = path
-        encoded = [n.encode("utf-8") for n in names]
-        # A name that is a proper prefix of another must also be seen to end (a closing quote next).
-        self.needs_end = {
-            n for n, b in zip(names, encoded, strict=True) if any(o != b and o.startswith(b) for o in encoded)
-        }
-        self._encoded = encoded
+        self._closed = [(name, name.encode("utf-8") + b'"') for name in names]
+        # Ambiguity cannot outlast the longest prefix two names share (plus the closing quote):
+        # each level adds at least one byte, so that bounds the levels and the KV cells spent.
+        longest = 0
+        for i, (_, a) in enumerate(self._closed):
+            for _, b in self._closed[i + 1 :]:
+                shared = 0
+                while shared < min(len(a), len(b)) and a[shared] == b[shared]:
+                    shared += 1
+                longest = max(longest, shared)
+        self.max_levels = longest
+        # KV cells scoring may hold at once (branches of every level stay alive below their
+        # children), plus `{"tool":"` teacher-forced on a branch when the output stepped over it.
+        self.max_cells = MAX_BRANCHES * longest + len(DECISION)
+
+    def _names_for(self, text: bytes) -> list[str]:
+        """The names a text written after `{"tool":"` can still become."""
+        return [name for name, closed in self._closed if closed.startswith(text) or text.startswith(closed)]
 
     def _next_bytes(self, text: bytes) -> set[int]:
-        """First bytes of every token the grammar can allow after name text `text`."""
-        out = {e[len(text)] for e in self._encoded if len(e) > len(text) and e.startswith(text)}
-        if text in self._encoded:
-            out.add(_QUOTE)
-        return out
+        """First bytes of every token the grammar can allow after the name text `text`."""
+        return {
+            closed[len(text)]
+            for _, closed in self._closed
+            if len(closed) > len(text) and closed.startswith(text)
+        }
 
-    def _log_softmax(self, matcher: Matcher, logits: np.ndarray, text: bytes) -> tuple[np.ndarray, float]:
-        """(candidate token ids, their grammar-masked log-normaliser) after name text `text`."""
-        candidates = self.vocabulary.candidates(self._next_bytes(text))
-        masked = matcher.mask(candidates, logits[candidates])
-        allowed = np.isfinite(masked)
-        if not allowed.any():
-            return candidates[:0], math.inf
+    def _distribution(self, branch: _Branch) -> list[tuple[int, float]]:
+        """(token, probability) over the tokens the grammar allows at `branch`, times its mass."""
+        candidates = self.vocabulary.candidates(self._next_bytes(branch.text))
+        masked = branch.matcher.mask(candidates, branch.logits[candidates])
+        allowed = np.flatnonzero(np.isfinite(masked))
+        if not len(allowed):
+            return []
         values = masked[allowed].astype(np.float64)
-        peak = values.max()
-        return candidates[allowed], float(peak + np.log(np.exp(values - peak).sum()))
+        weights = np.exp(values - values.max())
+        probabilities = weights / weights.sum() * branch.mass
+        return [(int(candidates[i]), float(p)) for i, p in zip(allowed, probabilities, strict=True)]
 
     def score(
         self,
@@ -100,117 +106,81 @@ class NameTrie:
         base_pos: int,
         root_logits: np.ndarray,
         root_matcher: Matcher,
-        branch_seqs: list[int],
-    ) -> dict[str, float]:
-        """Probabilities of the names, normalised over the names. Leaves the context as found.
+        free_seqs: list[int],
+    ) -> NameScores:
+        """Probabilities of the names. Leaves the context as it found it.
 
         `base_seq` holds the prompt and `{"tool":"` up to position `base_pos` (exclusive);
         `root_logits` are the logits there and `root_matcher` the grammar state there.
+        `free_seqs` are sequence ids the scorer may use (2 * MAX_BRANCHES suffice).
         """
-        logp: dict[str, float] = {}
-        pending = list(self.names)
-        while pending:
-            group = pending[: len(branch_seqs)]
-            pending = pending[len(branch_seqs) :]
-            logp.update(
-                self._score_group(context, base_seq, base_pos, root_logits, root_matcher, group, branch_seqs)
-            )
-        finite = {n: v for n, v in logp.items() if math.isfinite(v)}
-        if not finite:
-            return {n: 1.0 / len(self.names) for n in self.names}
-        peak = max(finite.values())
-        weights = {n: math.exp(logp[n] - peak) if n in finite else 0.0 for n in self.names}
-        total = sum(weights.values())
-        return {n: w / total for n, w in weights.items()}
+        totals = dict.fromkeys(self.names, 0.0)
+        scores = NameScores(probabilities={})
+        root = _Branch(b"", root_logits, root_matcher, 1.0, base_seq, base_pos)
+        level = [root]
+        spare = list(free_seqs)
+        try:
+            while level:
+                ambiguous: list[tuple[_Branch, int, float]] = []
+                for branch in level:
+                    for token, p in self._distribution(branch):
+                        names = self._names_for(branch.text + self.vocabulary.pieces[token])
+                        if len(names) == 1:
+                            totals[names[0]] += p
+                        elif names and p >= MIN_EXPANDED:
+                            ambiguous.append((branch, token, p))
+                        else:
+                            scores.pruned += p
+                ambiguous.sort(key=lambda item: -item[2])
+                keep = min(MAX_BRANCHES, len(spare))
+                scores.pruned += sum(p for _, _, p in ambiguous[keep:])
+                ambiguous = ambiguous[:keep]
+                next_level = self._expand(context, ambiguous, spare, scores) if ambiguous else []
+                for branch in level:
+                    self._release(context, branch, root, spare)
+                level = next_level
+        finally:
+            for seq in free_seqs:  # whatever an error left behind
+                if seq not in spare:
+                    context.seq_rm(seq)
+        total = sum(totals.values())
+        if total <= 0.0:
+            scores.probabilities = {n: 1.0 / len(self.names) for n in self.names}
+        else:
+            scores.probabilities = {n: v / total for n, v in totals.items()}
+        return scores
 
-    def _score_group(
+    def _expand(
         self,
         context: Context,
-        base_seq: int,
-        base_pos: int,
-        root_logits: np.ndarray,
-        root_matcher: Matcher,
-        group: list[str],
-        branch_seqs: list[int],
-    ) -> dict[str, float]:
-        seq_of = {name: branch_seqs[i] for i, name in enumerate(group)}
-        members: dict[int, list[int]] = {}  # node -> sequences passing through it
-        for name in group:
-            for node in self.paths[name]:
-                members.setdefault(node, []).append(seq_of[name])
-        order = sorted(members, key=lambda n: (self.nodes[n].depth, n))
-        wanted = {n for n in order if any(c in members for c in self.nodes[n].children)}
-        wanted |= {self.paths[name][-1] for name in group if name in self.needs_end}
-        if len(order) > context.n_batch:
-            raise ValueError(f"the tool names need {len(order)} tokens, more than the batch size")
-
-        for seq in seq_of.values():
-            context.seq_cp(base_seq, seq, 0, base_pos)
-        try:
-            context.decode(
-                [self.nodes[n].token for n in order],
-                [base_pos + self.nodes[n].depth for n in order],
-                [members[n] for n in order],
-                [n in wanted for n in order],
-            )
-            logits = {n: context.logits(i) for i, n in enumerate(order) if n in wanted}
-        finally:
-            for seq in seq_of.values():
-                context.seq_rm(seq)
-
-        # Grammar states along the trie (clones of the decision point's), only where a
-        # distribution is read: the root and the wanted nodes.
-        matchers: dict[int, Matcher] = {}
-        try:
-            distributions: dict[int, _Distribution] = {}
-            ids, norm = self._log_softmax(root_matcher, root_logits, b"")
-            distributions[-1] = (root_logits, frozenset(ids.tolist()), norm)
-            for n in order:
-                if n not in wanted:
-                    continue
-                node = self.nodes[n]
-                parent = matchers.get(node.parent) if node.parent >= 0 else root_matcher
-                if parent is None:  # the parent's token was refused: this branch scores -inf
-                    continue
-                matcher = parent.clone()
-                if not matcher.allows(node.token):
-                    matcher.close()
-                    continue
-                matcher.accept(node.token)
-                matchers[n] = matcher
-                ids, norm = self._log_softmax(matcher, logits[n], node.text)
-                distributions[n] = (logits[n], frozenset(ids.tolist()), norm)
-
-            result = {}
-            for name in group:
-                total, parent = 0.0, -1
-                for n in self.paths[name]:
-                    total += self._edge(distributions.get(parent), self.nodes[n].token)
-                    parent = n
-                if name in self.needs_end:
-                    total += self._end(distributions.get(parent))
-                result[name] = total
-            return result
-        finally:
-            for matcher in matchers.values():
-                matcher.close()
+        ambiguous: list[tuple[_Branch, int, float]],
+        spare: list[int],
+        scores: NameScores,
+    ) -> list[_Branch]:
+        """Teacher-force each ambiguous token on its own sequence, all in one batch."""
+        seqs = [spare.pop() for _ in ambiguous]
+        for (parent, _, _), seq in zip(ambiguous, seqs, strict=True):
+            context.seq_cp(parent.seq, seq, 0, parent.position)
+        context.decode(
+            [token for _, token, _ in ambiguous],
+            [parent.position for parent, _, _ in ambiguous],
+            [(seq,) for seq in seqs],
+            [True] * len(ambiguous),
+        )
+        scores.decodes += 1
+        scores.levels.append(len(ambiguous))
+        branches = []
+        for index, ((parent, token, p), seq) in enumerate(zip(ambiguous, seqs, strict=True)):
+            matcher = parent.matcher.clone()
+            matcher.advance(token)  # allowed: it came out of the parent's grammar mask
+            text = parent.text + self.vocabulary.pieces[token]
+            branches.append(_Branch(text, context.logits(index), matcher, p, seq, parent.position + 1))
+        return branches
 
     @staticmethod
-    def _edge(distribution: _Distribution | None, token: int) -> float:
-        if distribution is None:
-            return -math.inf
-        logits, ids, norm = distribution
-        if token not in ids:
-            return -math.inf
-        return float(logits[token]) - norm
-
-    def _end(self, distribution: _Distribution | None) -> float:
-        if distribution is None:
-            return -math.inf
-        logits, ids, norm = distribution
-        closing = [t for t in ids if self.vocabulary.pieces[t][:1] == b'"']
-        if not closing:
-            return -math.inf
-        values = logits[np.array(closing)].astype(np.float64)
-        peak = values.max()
-        return float(peak + np.log(np.exp(values - peak).sum())) - norm
+    def _release(context: Context, branch: _Branch, root: _Branch, spare: list[int]) -> None:
+        if branch is root or branch.seq in spare:
+            return
+        context.seq_rm(branch.seq)
+        spare.append(branch.seq)
+        branch.matcher.close()

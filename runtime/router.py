@@ -31,23 +31,28 @@ How a request runs:
    spells them, as in training), which skips about half the decode steps of a typical call;
    `fast_forward=False` turns this off. Generation stops at an end-of-generation token or as
    soon as the grammar is complete.
-4. **Confidence** at the decision point right after `{"tool":"`: see `confidence.py`.
+4. **Confidence** at the decision point right after `{"tool":"`: the probability of each name
+   under the grammar-constrained distribution, from the logits the greedy step reads anyway
+   (no extra decode when the tools' names start differently); see `confidence.py`.
 5. The text is parsed and validated against the catalogue; anything else is `invalid`.
 
 Input limits: an empty or whitespace-only request is refused (`EmptyRequestError`). The
 completion budget is the grammar's own bound (the longest output it admits, in bytes: one token
 spells at least one byte), so no valid output is ever cut short; `max_completion_tokens` can
 lower it, and an output cut short by a lower cap comes back `invalid`, never dispatched. A
-request whose prompt, plus that budget, plus the confidence trie, does not fit in `n_ctx` is
-refused (`RequestTooLongError`) before anything runs.
+request whose prompt, plus that budget, plus the branches confidence scoring may hold, does not
+fit in `n_ctx` is refused (`RequestTooLongError`) before anything runs.
 
 Thread safety: a router owns a pool of `n_contexts` llama.cpp contexts over one shared copy of
 the weights; `route` takes a whole context for the request (a queue, so with the default of one
-context it is a lock). Measured on 2 cores (`bench/runtime_latency.py --contexts`): one context
-running llama.cpp with both threads serves concurrent requests about as fast as two contexts
-with one thread each, since a single-token decode already keeps both cores busy, and each extra
-context costs its own KV cache; so one context is the default and the pool is there for
-machines with cores to spare.
+context it is a lock around it). A request's result depends only on the request (the prefix
+state is the one computed at load, and the request is evaluated in the same batches whatever
+ran before), so concurrent routes give exactly the sequential results, in any pool size.
+Measured with 4 client threads on a shared 2-core machine (`bench/runtime_latency.py --contexts`,
+customer-support eval set): 1 context x 1 thread 1.91 requests/s, 1 context x 2 threads 1.67,
+2 contexts x 1 thread 1.95 (+64 MB RSS for the second KV cache). A single-token decode of a
+135M model is memory-bound, so a second context buys nothing on 2 cores; one context is the
+default and the pool is there for machines with cores to spare.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from toolroute.grammars import NO_TOOL, Catalogue, CatalogueError, NoTool, ToolC
 from toolroute.grammars.engine import GrammarLoadError, Utf8Tracker
 
 from .chat import ChatTemplate, RouterPrompt, Turn
-from .confidence import DECISION, NameTrie
+from .confidence import DECISION, MAX_BRANCHES, NameScorer
 from .decoding import Context, Matcher, Vocabulary, forced_bytes, pick_greedy
 from .dispatch import DispatchResult, Registry
 from .limits import gbnf_max_bytes
@@ -108,7 +113,7 @@ class _Grammar:
 
     gbnf: str
     names: list[str]  # the candidate tool names, no_tool last
-    trie: NameTrie
+    scorer: NameScorer
     max_tokens: int
 
 
@@ -187,8 +192,10 @@ class Router:
         self._grammars: dict[frozenset[str] | None, _Grammar] = {}
         self._grammar_lock = threading.Lock()
         full = self._grammar(None)
-        max_seqs = llama_cpp.llama_max_parallel_sequences()
-        self._n_seq_max = FIRST_BRANCH_SEQ + max(2, min(len(full.names), max_seqs - FIRST_BRANCH_SEQ))
+        # Branch sequences: one to teacher-force `{"tool":"` if an output steps over it, and two
+        # levels of ambiguous name tokens when names share prefixes (see confidence.py).
+        branches = 1 + (2 * MAX_BRANCHES if full.scorer.max_levels else 0)
+        self._n_seq_max = min(FIRST_BRANCH_SEQ + branches, llama_cpp.llama_max_parallel_sequences())
         self._registry = Registry(catalogue)
         self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all_slots: list[_Slot] = []
@@ -297,7 +304,7 @@ class Router:
                 if self._max_completion_tokens is not None:
                     limit = min(limit, self._max_completion_tokens)
                 names = [*names, NO_TOOL]
-                grammar = _Grammar(gbnf, names, NameTrie(names, self.vocabulary), limit)
+                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
                 self._grammars[key] = grammar
             return grammar
 
@@ -333,10 +340,10 @@ class Router:
         prefix = self._prompts.prefix if self.cache_prefix else []
         cached = min(common_prefix([tokens, prefix]), len(tokens) - 1) if prefix else 0
         # KV cells needed: the prefix (shared), the rest of the prompt, the completion budget and
-        # one branch per name while scoring (the trie's nodes).
-        needed = len(tokens) + (len(prefix) - cached) + grammar.max_tokens + len(grammar.trie.nodes)
+        # the branches confidence scoring may hold.
+        needed = len(tokens) + (len(prefix) - cached) + grammar.max_tokens + grammar.scorer.max_cells
         if needed > self.n_ctx:
-            room = self.n_ctx - grammar.max_tokens - len(grammar.trie.nodes)
+            room = self.n_ctx - grammar.max_tokens - grammar.scorer.max_cells
             raise RequestTooLongError(
                 f"request too long: the prompt is {len(tokens)} tokens and the context holds {self.n_ctx}, "
                 f"of which {grammar.max_tokens} are kept for the longest output the grammar allows; "
@@ -419,9 +426,9 @@ class Router:
                 position += len(pending)
                 pending.clear()
                 if probabilities is None and out == DECISION:
-                    probabilities = grammar.trie.score(
+                    probabilities = grammar.scorer.score(
                         context, WORK_SEQ, position, logits, matcher, branch_seqs
-                    )
+                    ).probabilities
                 token = pick_greedy(matcher, utf8, vocabulary, logits, allowed, may_end)
                 if vocabulary.is_eog(token):
                     break
@@ -446,7 +453,8 @@ class Router:
                 matcher.accept(token)
             context.seq_cp(WORK_SEQ, branch, 0, len(tokens))
             logits = context.extend(decision, branch, len(tokens))
-            return grammar.trie.score(context, branch, len(tokens) + len(decision), logits, matcher, rest)
+            scores = grammar.scorer.score(context, branch, len(tokens) + len(decision), logits, matcher, rest)
+            return scores.probabilities
         finally:
             context.seq_rm(branch)
             matcher.close()

@@ -289,7 +289,8 @@ def test_user_text_never_becomes_special_tokens(router):
 
 
 def test_names_that_prefix_other_names(tmp_path_factory):
-    """`track` is a prefix of `track_order`: its probability includes ending there (a closing quote)."""
+    """Names sharing prefixes (`track`/`track_order`, `n`/`no_tool`/`no_tool_x`): the ambiguous
+    tokens are teacher-forced level by level until the text (closing quote included) settles the name."""
     tools = [
         {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
         for name in ("track", "track_order", "no_tool_x", "n")
@@ -298,10 +299,27 @@ def test_names_that_prefix_other_names(tmp_path_factory):
     metadata = runtime_support.router_metadata(catalogue).model_dump()
     path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-prefixes.gguf", **metadata)
     with Router.load(path, n_threads=1) as loaded:
-        trie = loaded._grammar(None).trie
-        assert trie.needs_end == {"track", "n", "no_tool"}  # "n" and "no_tool" prefix "no_tool_x"
+        scorer = loaded._grammar(None).scorer
+        assert scorer.max_levels == len("no_tool")  # the longest prefix two names share
         for text in ["track it", "where", "no", "n", *INJECTIONS[:2]]:
             check_valid(loaded.route(text), catalogue)
+
+
+def test_confidence_when_the_output_steps_over_the_decision_point(tiny):
+    """The fallback (teacher-forcing `{"tool":"` on a branch) scores like the inline path."""
+    tokens, cached, grammar = tiny.prepare("where is ORD-1?")
+    slot = tiny._slots.get()
+    try:
+        context = slot.context
+        context.seq_cp(0, 1, 0, cached)
+        context.extend(tokens[cached:], 1, cached)
+        fallback = tiny._score_forced(slot, grammar, tokens, list(range(2, tiny._n_seq_max)))
+    finally:
+        slot.context.seq_rm(1)
+        tiny._slots.put(slot)
+    inline = tiny.route("where is ORD-1?").probabilities
+    assert fallback.keys() == inline.keys()
+    assert all(math.isclose(fallback[n], inline[n], abs_tol=1e-3) for n in inline)
 
 
 def test_tools_subset_narrows_the_choice(tiny):
