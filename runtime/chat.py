@@ -8,6 +8,7 @@ Jinja2 environment, the same one its own chat completion uses).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,12 @@ FALLBACK_TEMPLATES = {
         "{%- if add_generation_prompt -%}<start_of_turn>model{{ '\\n' }}{%- endif -%}"
     ),
 }
+
+
+@functools.lru_cache(maxsize=16)
+def _formatter(template: str, eos: str, bos: str, add_generation_prompt: bool) -> Jinja2ChatFormatter:
+    """Compiling a Jinja template costs milliseconds; the runtime renders one per request."""
+    return Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=add_generation_prompt)
 
 
 class Turn(BaseModel):
@@ -83,9 +90,7 @@ class ChatTemplate(BaseModel):
             llama.close()  # now, not at interpreter exit, where llama-cpp-python's finaliser can fail
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        formatter = Jinja2ChatFormatter(
-            self.template, self.eos_token, self.bos_token, add_generation_prompt=add_generation_prompt
-        )
+        formatter = _formatter(self.template, self.eos_token, self.bos_token, add_generation_prompt)
         return formatter(messages=messages).prompt
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:

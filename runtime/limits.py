@@ -121,13 +121,16 @@ class _Parser:
             return ord(_ESCAPES[char]), index + 1
         raise _Unsupported(f"unknown escape \\{char}")
 
+    def code_at(self, text: str, index: int) -> tuple[int, int]:
+        """The code point at `index` (a GBNF escape or a plain character) and where the next starts."""
+        if text[index] == "\\":
+            return self.escape(text, index + 1)
+        return ord(text[index]), index + 1
+
     def literal(self, text: str, index: int) -> tuple[float, int]:
         size = 0
         while index < len(text) and text[index] != '"':
-            if text[index] == "\\":
-                code, index = self.escape(text, index + 1)
-            else:
-                code, index = ord(text[index]), index + 1
+            code, index = self.code_at(text, index)
             size += _utf8_len(code)
         if index >= len(text):
             raise _Unsupported("unterminated literal")
@@ -138,10 +141,7 @@ class _Parser:
         index += negated
         widest = 1
         while index < len(text) and text[index] != "]":
-            if text[index] == "\\":
-                code, index = self.escape(text, index + 1)
-            else:
-                code, index = ord(text[index]), index + 1
+            code, index = self.code_at(text, index)
             widest = max(widest, _utf8_len(code))
         if index >= len(text):
             raise _Unsupported("unterminated character class")
