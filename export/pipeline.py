@@ -19,12 +19,12 @@ from toolroute.grammars import Catalogue, GrammarOptions
 from toolroute.runtime.chat import ChatTemplate, RouterPrompt
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.router_file import RouterMetadata
-from toolroute.train.bases import Base, file_sha256
+from toolroute.train.bases import Base
 from toolroute.train.formats import read_examples
 from toolroute.train.run_dir import RunDir, RunManifest
 
 from .converter import convert
-from .embed import write_router_gguf
+from .embed import publish_router_gguf
 from .merge import merge_run
 from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_agrees, token_ids
 from .quantize import TensorTypes, quantize, tensor_types
@@ -64,14 +64,6 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
         manifest_sha256=manifest_sha256,
         options=options,
     )
-
-
-def _publish(source: Path, destination: Path, metadata: RouterMetadata) -> str:
-    """Embed metadata into `destination` (atomic) and write its .sha256 beside it."""
-    write_router_gguf(source, destination, metadata)
-    digest = file_sha256(destination)
-    atomic_write_text(destination.with_name(destination.name + ".sha256"), f"{digest}  {destination.name}\n")
-    return digest
 
 
 def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
@@ -118,7 +110,7 @@ def export_run(
             started = time.perf_counter()
             source = f16 if level == "f16" else quantize(f16, work / f"{level}.gguf", level)
             destination = out_dir / f"{manifest.name}.{level}.gguf"
-            digest = _publish(source, destination, metadata)
+            digest = publish_router_gguf(source, destination, metadata)
             elapsed = round(time.perf_counter() - started, 2)
             seconds[level] = elapsed
             files.append(

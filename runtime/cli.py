@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from toolroute import __version__
+from toolroute.export.bench_cli import register as register_bench_commands
 from toolroute.export.cli import register as register_export_command
 from toolroute.grammars.cli import register as register_grammar_commands
 from toolroute.grammars.errors import CatalogueError
+from toolroute.runtime.eval_cli import register as register_eval_command
 from toolroute.runtime.inspect_cli import register as register_inspect_command
 from toolroute.runtime.route_cli import register as register_route_commands
 from toolroute.train.cli import register as register_data_commands
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_route_commands(commands)
     register_export_command(commands)
     register_inspect_command(commands)
+    register_eval_command(commands)
+    register_bench_commands(commands)
     return parser
 
 

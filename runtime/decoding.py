@@ -142,25 +142,28 @@ class Matcher(GrammarMatcher):
         return [vocabulary.pieces[int(t)][0] for t in allowed if not vocabulary.is_eog(int(t))], end
 
 
-def forced_bytes(matcher: Matcher, vocabulary: Vocabulary, limit: int) -> bytes:
-    """The bytes every grammar-valid continuation starts with (at most `limit`).
+def forced_bytes(matcher: Matcher, vocabulary: Vocabulary, limit: int) -> tuple[bytes, bool]:
+    """The bytes every grammar-valid continuation starts with (at most `limit`), and whether the
+    output goes on after them with a choice (several bytes allowed, or the end or more).
 
-    Found one byte at a time on a clone of the matcher. The result ends on a character
-    boundary so that it can be spelled with whole tokens.
+    Found one byte at a time on a clone of the matcher. The bytes end on a character
+    boundary so that they can be spelled with whole tokens.
     """
     probe = matcher.clone()
     out = bytearray()
+    choice_follows = False
     try:
         while len(out) < limit:
             allowed, may_end = probe.probe(vocabulary)
             if len(allowed) != 1 or may_end:
+                choice_follows = bool(allowed)
                 break
             out.append(allowed[0])
             probe.advance(vocabulary.byte_token[allowed[0]])  # the probe just allowed it
     finally:
         probe.close()
     pending = utf8_pending(bytes(out)) or b""
-    return bytes(out[: len(out) - len(pending)])
+    return bytes(out[: len(out) - len(pending)]), choice_follows or bool(pending)
 
 
 def pick_greedy(

@@ -46,6 +46,7 @@ class Prediction(BaseModel):
     confidence: float | None = None
     latency_ms: float | None = None
     prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
     @property
     def label(self) -> str:
@@ -109,7 +110,7 @@ def _ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-class _Outcome(BaseModel):
+class Outcome(BaseModel):
     valid: bool
     right_tool: bool
     right_arguments: bool  # only meaningful for a valid call to the gold tool
@@ -117,7 +118,7 @@ class _Outcome(BaseModel):
     exact: bool
 
 
-def _outcome(gold: Gold, prediction: Prediction, catalogue: Catalogue) -> _Outcome:
+def outcome(gold: Gold, prediction: Prediction, catalogue: Catalogue) -> Outcome:
     valid = prediction.kind != "invalid"
     right_tool = valid and prediction.label == gold.tool
     right_arguments = (
@@ -129,7 +130,7 @@ def _outcome(gold: Gold, prediction: Prediction, catalogue: Catalogue) -> _Outco
     called = prediction.kind == "call"
     silent = called and not (right_tool and right_arguments)
     exact = (right_tool and gold.tool == NO_TOOL) or right_arguments
-    return _Outcome(
+    return Outcome(
         valid=valid, right_tool=right_tool, right_arguments=right_arguments, silent_error=silent, exact=exact
     )
 
@@ -138,7 +139,7 @@ def risk_coverage(
     golds: Sequence[Gold], predictions: Sequence[Prediction], catalogue: Catalogue, max_risk: float = 0.01
 ) -> tuple[list[RiskPoint], float | None]:
     """Silent-error rate and coverage when calls below a confidence threshold become no_tool."""
-    outcomes = [_outcome(g, p, catalogue) for g, p in zip(golds, predictions, strict=True)]
+    outcomes = [outcome(g, p, catalogue) for g, p in zip(golds, predictions, strict=True)]
     confidences = sorted({p.confidence for p in predictions if p.kind == "call" and p.confidence is not None})
     thresholds = [0.0, *confidences]
     points = []
@@ -165,7 +166,7 @@ def evaluate_predictions(
 ) -> EvalReport:
     if len(golds) != len(predictions):
         raise ValueError(f"{len(golds)} gold examples but {len(predictions)} predictions")
-    outcomes = [_outcome(g, p, catalogue) for g, p in zip(golds, predictions, strict=True)]
+    outcomes = [outcome(g, p, catalogue) for g, p in zip(golds, predictions, strict=True)]
     n = len(golds)
     gold_no_tool = [i for i, g in enumerate(golds) if g.tool == NO_TOOL]
     gold_calls = [i for i, g in enumerate(golds) if g.tool != NO_TOOL]
@@ -175,14 +176,14 @@ def evaluate_predictions(
     predicted_triples: Counter[tuple[str, str, str]] = Counter()
     argument_hits: dict[str, list[bool]] = defaultdict(list)
     confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for gold, prediction, outcome in zip(golds, predictions, outcomes, strict=True):
+    for gold, prediction, scored in zip(golds, predictions, outcomes, strict=True):
         confusion[gold.tool][prediction.label] += 1
         gold_args = normalize_arguments(gold.arguments, gold.tool, catalogue)
         gold_triples.update((gold.tool, k, _value_key(v)) for k, v in gold_args.items())
         if prediction.kind == "call" and prediction.tool:
             predicted_args = normalize_arguments(prediction.arguments, prediction.tool, catalogue)
             predicted_triples.update((prediction.tool, k, _value_key(v)) for k, v in predicted_args.items())
-        if outcome.right_tool and gold.tool != NO_TOOL:
+        if scored.right_tool and gold.tool != NO_TOOL:
             predicted_args = normalize_arguments(prediction.arguments, gold.tool, catalogue)
             for key, value in gold_args.items():
                 argument_hits[f"{gold.tool}.{key}"].append(

@@ -411,11 +411,20 @@ class Router:
                     # Stop a forced run at the decision point so that confidence is read there.
                     before = len(DECISION) - len(out) if len(out) < len(DECISION) else None
                     limit = grammar.max_tokens - len(produced) if before is None else before
-                    if limit > 0 and (span := forced_bytes(matcher, vocabulary, limit)):
-                        for token in vocabulary.spell(span):
-                            if not (matcher.allows(token) and utf8.extends(pieces[token])):
-                                break
-                            take(token)
+                    span, choice_follows = (
+                        forced_bytes(matcher, vocabulary, limit) if limit > 0 else (b"", False)
+                    )
+                    spelled = vocabulary.spell(span) if span else []
+                    if choice_follows:
+                        # Training's tokenizer often merged the span's last bytes with the choice
+                        # after them (`","`, `"}}`): forcing `"` alone would show the model a
+                        # spelling it never saw (it then drops optional arguments). The model
+                        # decodes that last token itself, under the grammar.
+                        spelled = spelled[:-1]
+                    for token in spelled:
+                        if not (matcher.allows(token) and utf8.extends(pieces[token])):
+                            break
+                        take(token)
                 allowed, may_end = matcher.probe(vocabulary)
                 if not allowed:
                     break  # the grammar is complete (or, impossibly, stuck): nothing to decode

@@ -134,6 +134,24 @@ def test_without_fast_forward_outputs_are_valid_too(tiny_file):
             assert result.cached_tokens > 0
 
 
+def test_forced_bytes_leave_a_merge_with_the_next_choice_to_the_model(tiny):
+    """After an enum value the grammar forces `"`, then `,` or `}`: training spelled `","` or `"}}`
+    as one token, so the fast-forward must leave that last token to the model (it dropped
+    optional arguments when `"` was forced alone). At the decision point it forces everything."""
+    from toolroute.runtime.decoding import Matcher, forced_bytes
+
+    matcher = Matcher(tiny._llama, tiny.metadata.grammar)
+    try:
+        assert forced_bytes(matcher, tiny.vocabulary, 9) == (b'{"tool":"', False)  # the limit stops it
+        for token in tiny.vocabulary.spell(b'{"tool":"escalate","arguments":{"topic":"complaint'):
+            matcher.accept(token)
+        assert forced_bytes(matcher, tiny.vocabulary, 100) == (b'"', True)
+    finally:
+        matcher.close()
+    result = tiny.route("escalate a complaint")
+    check_valid(result)
+
+
 # -- dispatch --------------------------------------------------------------------------------------
 
 

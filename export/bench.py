@@ -1,0 +1,331 @@
+"""The quantization benchmark: one training run, every level, two reference rows, one table.
+
+For each level the router GGUF is exported (or reused from `dist/` when it was exported from
+this very run: its embedded manifest hash says so), then measured in a fresh process
+(`toolroute.runtime.measure`): file size, load time, peak RSS, p50/p95 route latency, output
+tokens/s and the full evaluation report on the data. Reference rows, measured in the same run:
+
+- `untuned base`: the base model itself with the run's prompt and grammar embedded (the zero-shot
+  floor: what the grammar alone buys);
+- `naive`: llama-cpp-python's `create_chat_completion(grammar=...)` on the Q4_K_M router (the
+  speed reference: a hand-written llama.cpp script).
+
+Writes `results.json`, `RESULTS.md` and `results.png` (accuracy against p50 latency, marker
+area proportional to file size) into the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from toolroute.runtime.files import atomic_write_bytes, atomic_write_text
+from toolroute.runtime.measure import Measurement
+from toolroute.train.run_dir import RunDir
+
+from .quantize import QuantizeError
+
+BENCH_FORMAT = "toolroute-bench/1"
+DEFAULT_BENCH_LEVELS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
+NAIVE_LEVEL = "q4_k_m"
+
+
+class BenchRow(BaseModel):
+    label: str
+    level: str | None = None
+    reference: bool = False
+    measurement: Measurement | None = None
+    error: str | None = None
+
+
+class BenchResults(BaseModel):
+    format: str = BENCH_FORMAT
+    run: str
+    base: str
+    prompt_mode: str
+    data: str
+    data_sha256: str
+    examples: int | None
+    machine: str
+    threads: int | None
+    seconds: float
+    rows: list[BenchRow]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _embedded_manifest_sha(path: Path) -> str | None:
+    from llama_cpp import Llama
+
+    vocab = Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        return vocab.metadata.get("toolroute.manifest_sha256")
+    finally:
+        vocab.close()
+
+
+def router_files(run: RunDir, levels: Sequence[str], dist: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The run's router file per level: reused when exported from this run, exported otherwise."""
+    from .pipeline import export_run
+
+    manifest = run.load_manifest()
+    manifest_sha = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
+    paths = {level: dist / f"{manifest.name}.{level}.gguf" for level in levels}
+    missing = [
+        level
+        for level, path in paths.items()
+        if not path.is_file() or _embedded_manifest_sha(path) != manifest_sha
+    ]
+    errors: dict[str, str] = {}
+    if missing:
+        try:
+            export_run(run.path, missing, dist, parity_prompts=0)
+        except QuantizeError:
+            # One level llama.cpp cannot make for this model: export the others one by one.
+            for level in missing:
+                try:
+                    export_run(run.path, [level], dist, parity_prompts=0)
+                except QuantizeError as exc:
+                    errors[level] = str(exc)
+    return {level: path for level, path in paths.items() if level not in errors}, errors
+
+
+def untuned_router(run: RunDir, like: Path, work: Path) -> Path:
+    """The run's base model with the run's router metadata (prompt, grammar, catalogue) embedded."""
+    from llama_cpp import Llama
+
+    from toolroute.runtime.router_file import RouterMetadata
+
+    from .converter import convert
+    from .embed import write_router_gguf
+
+    manifest = run.load_manifest()
+    if manifest.base.kind == "gguf":
+        base_file = Path(manifest.base.path)
+    elif manifest.base.kind == "hf":
+        base_file = convert(Path(manifest.base.path), work / "base.f16.gguf", "f16")
+    else:
+        raise ValueError(f"the base {manifest.base.spec!r} is a hub id: no untuned reference row offline")
+
+    vocab = Llama(str(like), vocab_only=True, verbose=False)
+    try:
+        metadata = RouterMetadata.from_kv(vocab.metadata, where=str(like))
+    finally:
+        vocab.close()
+    metadata = metadata.model_copy(update={"min_confidence": None})
+    return write_router_gguf(base_file, work / "untuned-base.gguf", metadata)
+
+
+def measure_in_subprocess(
+    path: Path, data: Path, runner: str, limit: int | None, threads: int | None
+) -> Measurement:
+    with tempfile.TemporaryDirectory(prefix="toolroute-measure-") as folder:
+        out = Path(folder) / "measurement.json"
+        command = [sys.executable, "-m", "toolroute.runtime.measure", str(path), "--data", str(data)]
+        command += ["--runner", runner, "--json", str(out)]
+        command += ["--limit", str(limit)] if limit else []
+        command += ["--threads", str(threads)] if threads else []
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode != 0:
+            tail = completed.stderr.strip().splitlines()[-3:]
+            raise RuntimeError(f"measuring {path.name} ({runner}) failed: {' | '.join(tail)}")
+        return Measurement.model_validate_json(out.read_text(encoding="utf-8"))
+
+
+def bench_run(
+    run_path: Path,
+    data: Path,
+    levels: Sequence[str],
+    dist: Path,
+    out: Path,
+    *,
+    limit: int | None = None,
+    threads: int | None = None,
+    references: bool = True,
+) -> BenchResults:
+    started = time.perf_counter()
+    run = RunDir(run_path)
+    manifest = run.load_manifest()
+    files, errors = router_files(run, levels, dist)
+    rows: list[tuple[BenchRow, Path | None, str]] = []
+    for level in levels:
+        row = BenchRow(label=level.upper(), level=level, error=errors.get(level))
+        rows.append((row, files.get(level), "router"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".bench-", dir=out))
+    try:
+        if references:
+            like = files.get(NAIVE_LEVEL) or next(iter(files.values()), None)
+            if like is not None:
+                try:
+                    untuned = untuned_router(run, like, work)
+                    rows.append(
+                        (
+                            BenchRow(label="untuned base, same prompt + grammar", reference=True),
+                            untuned,
+                            "router",
+                        )
+                    )
+                except ValueError as exc:
+                    rows.append(
+                        (BenchRow(label="untuned base", reference=True, error=str(exc)), None, "router")
+                    )
+                naive_level = NAIVE_LEVEL if NAIVE_LEVEL in files else next(iter(files))
+                rows.append(
+                    (
+                        BenchRow(
+                            label=f"naive create_chat_completion ({naive_level.upper()})",
+                            level=naive_level,
+                            reference=True,
+                        ),
+                        files[naive_level],
+                        "naive",
+                    )
+                )
+        for row, path, runner in tqdm(rows, desc="bench", file=sys.stderr):
+            if path is None or row.error:
+                continue
+            try:
+                row.measurement = measure_in_subprocess(path, data, runner, limit, threads)
+            except RuntimeError as exc:
+                row.error = str(exc)
+    finally:
+        for leftover in work.iterdir():
+            leftover.unlink()
+        work.rmdir()
+    measured = [row.measurement for row, _, _ in rows if row.measurement]
+    results = BenchResults(
+        run=manifest.name,
+        base=manifest.base.spec,
+        prompt_mode=manifest.prompt_mode,
+        data=str(data),
+        data_sha256=_sha256(data),
+        examples=measured[0].requests if measured else None,
+        machine=_machine(),
+        threads=measured[0].threads if measured else threads,
+        seconds=round(time.perf_counter() - started, 1),
+        rows=[row for row, _, _ in rows],
+    )
+    write_results(results, out)
+    return results
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[BenchRow]) -> list[str]:
+    lines = [
+        "| row | size MB | load s | peak RSS MB | p50 ms | p95 ms | out tok/s | valid | tool acc | "
+        "arg acc | false calls | silent errors | slot F1 | exact |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        m = row.measurement
+        if m is None:
+            lines.append(f"| {row.label} | {row.error or 'not measured'} |" + " |" * 12)
+            continue
+        r = m.report
+        lines.append(
+            f"| {row.label} | {m.size_bytes / 1e6:.1f} | {m.load_s:.2f} | {m.peak_rss_mb:.0f} | "
+            f"{_num(m.latency_ms_p50, 0)} | {_num(m.latency_ms_p95, 0)} | {_num(m.output_tokens_per_s, 0)} | "
+            f"{_num(r.valid_tool_call_rate)} | {_num(r.tool_name_accuracy)} | "
+            f"{_num(r.argument_match_accuracy)} | "
+            f"{_pct(r.false_tool_call_rate)} | {_pct(r.silent_error_rate)} | {_num(r.slot_f1)} | "
+            f"{_num(r.exact_call_accuracy)} |"
+        )
+    return lines
+
+
+def markdown(results: BenchResults) -> str:
+    lines = [
+        f"# Quantization benchmark: `{results.run}`",
+        "",
+        f"- base `{results.base}`, prompt mode `{results.prompt_mode}`",
+        f"- data `{results.data}` ({results.examples} requests, sha256 {results.data_sha256[:12]})",
+        f"- machine: {results.machine}; llama.cpp threads: {results.threads}; "
+        f"bench wall time {results.seconds:.0f} s",
+        "",
+        *markdown_table(results.rows),
+        "",
+        "Columns: load time and peak RSS from a fresh process per row; p50/p95 = route latency per request "
+        "(prompt to validated result); out tok/s = output tokens over routing time (forced bytes "
+        "included); valid = valid-tool-call rate; tool acc = tool-name accuracy (no_tool included); "
+        "arg acc = argument-match accuracy on valid calls to the gold tool; false calls = tool called "
+        "when the gold is no_tool; silent errors = valid call to the wrong tool or with wrong "
+        "arguments (share of all requests); slot F1 over (tool, argument, value); exact = whole call right.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: BenchResults, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in results.rows if row.measurement]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for axis, (metric, title) in zip(
+        axes,
+        (("tool_name_accuracy", "tool-name accuracy"), ("exact_call_accuracy", "exact-call accuracy")),
+        strict=True,
+    ):
+        for row in measured:
+            m = row.measurement
+            assert m is not None
+            value = getattr(m.report, metric)
+            marker = "s" if row.reference else "o"
+            axis.scatter(
+                m.latency_ms_p50, value, s=max(20.0, m.size_bytes / 1e6 * 3), marker=marker, alpha=0.6,
+                edgecolors="black", linewidths=0.6,
+            )  # fmt: skip
+            axis.annotate(row.label.split(",")[0][:18], (m.latency_ms_p50, value), fontsize=7,
+                          xytext=(5, 4), textcoords="offset points")  # fmt: skip
+        axis.set_xlabel("p50 route latency (ms)")
+        axis.set_ylabel(title)
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{results.run}: accuracy vs latency (marker area = file size; squares = references)",
+                    fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_results(results: BenchResults, out: Path) -> None:
+    atomic_write_text(out / "results.json", json.dumps(results.model_dump(mode="json"), indent=2) + "\n")
+    atomic_write_text(out / "RESULTS.md", markdown(results))
+    plot(results, out / "results.png")

@@ -1,0 +1,75 @@
+"""`toolroute bench RUN --data eval.jsonl` and `toolroute bench-modes CONFIG --data eval.jsonl`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .bench import DEFAULT_BENCH_LEVELS
+
+
+def _needs_train_extra(command: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{command} exports routers and needs the train extra: pip install 'toolroute[train]'"
+        ) from None
+
+
+def _bench(args: argparse.Namespace) -> int:
+    _needs_train_extra("bench")
+    from .bench import bench_run, markdown_table
+    from .quantize import parse_levels
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else Path("bench") / run.name
+    results = bench_run(
+        run, args.data, parse_levels(args.quant), Path(args.dist), out,
+        limit=args.limit, threads=args.threads, references=not args.no_references,
+    )  # fmt: skip
+    print("\n".join(markdown_table(results.rows)))
+    print(f"\n{out / 'RESULTS.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    return 0 if all(row.measurement for row in results.rows) else 1
+
+
+def _bench_modes(args: argparse.Namespace) -> int:
+    _needs_train_extra("bench-modes")
+    from .bench_modes import MODES, bench_modes
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in modes if m not in MODES]:
+        raise ValueError(f"unknown prompt mode(s) {unknown}; known: {', '.join(MODES)}")
+    overrides = {"epochs": args.epochs, "max_steps": args.max_steps}
+    out = Path(args.out)
+    results = bench_modes(
+        Path(args.config), modes, args.data, Path(args.dist), out,
+        overrides=overrides, limit=args.limit, threads=args.threads,
+    )  # fmt: skip
+    print((out / "MODES.md").read_text(encoding="utf-8"))
+    return 0 if all(row.measurement for row in results.rows) else 1
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure a run at every quantization level, with references")
+    bench.add_argument("run", help="a finished training run directory (runs/NAME)")
+    bench.add_argument("--data", type=Path, required=True, help="labelled eval JSONL")
+    bench.add_argument("--quant", default=DEFAULT_BENCH_LEVELS, help=f"levels ({DEFAULT_BENCH_LEVELS})")
+    bench.add_argument("--dist", default="dist", help="where router files are exported or reused (dist)")
+    bench.add_argument("--out", help="results directory (default bench/RUN_NAME)")
+    bench.add_argument("--limit", type=int, help="N requests spread evenly over the data")
+    bench.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
+    bench.add_argument("--no-references", action="store_true", help="skip the untuned-base and naive rows")
+    bench.set_defaults(handler=_bench)
+
+    modes = commands.add_parser("bench-modes", help="compare prompt modes: train, export and measure each")
+    modes.add_argument("config", help="a training config (TOML), as for `toolroute train --config`")
+    modes.add_argument("--data", type=Path, required=True, help="labelled eval JSONL")
+    modes.add_argument("--modes", default="full,compact,names,none")
+    modes.add_argument("--epochs", type=float, help="override the config's epochs")
+    modes.add_argument("--max-steps", type=int, help="override: stop each run after N optimizer steps")
+    modes.add_argument("--dist", default="dist")
+    modes.add_argument("--out", default="bench/modes", help="results directory (bench/modes)")
+    modes.add_argument("--limit", type=int, help="N requests spread evenly over the data")
+    modes.add_argument("--threads", type=int)
+    modes.set_defaults(handler=_bench_modes)

@@ -1,0 +1,243 @@
+"""`toolroute eval --model (runs/NAME | FILE.gguf) --data eval.jsonl`: the evaluation report.
+
+A GGUF is scored with the runtime (torch-free); a training run directory with the merged model
+in transformers (`toolroute.train.hf_eval`, needs the `train` extra). Writes `eval.json`,
+`eval.md` and `risk_coverage.png` to `--out` (default: `FILE.eval/` beside a GGUF,
+`runs/NAME/eval/` for a run; `-free` appended with `--unconstrained`) and prints the four numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from .reporting import (
+    MAX_RISK,
+    DataInfo,
+    EvalDocument,
+    ModelInfo,
+    dump_json,
+    error_cases,
+    headline_rows,
+    markdown,
+    risk_coverage_plot,
+    threshold_choice,
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _examples(path: Path, catalogue: Any, limit: int | None) -> list[Any]:
+    from toolroute.train.formats import read_examples
+
+    result = read_examples(path, catalogue)
+    if result.errors:
+        shown = "\n".join(f"  {error}" for error in result.errors[:10])
+        more = f"\n  ... and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
+        raise ValueError(f"{path}: {len(result.errors)} invalid rows:\n{shown}{more}")
+    if not result.examples:
+        raise ValueError(f"{path}: no examples")
+    from .evaluate import spread
+
+    return spread(result.examples, limit)
+
+
+def default_out(model: Path, unconstrained: bool) -> Path:
+    suffix = "-free" if unconstrained else ""
+    if model.is_dir():
+        return model / f"eval{suffix}"
+    return model.with_name(model.name.removesuffix(".gguf") + f".eval{suffix}")
+
+
+def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, Any]:
+    from .evaluate import evaluate_router
+    from .router import Router
+
+    router = Router.load(model, n_threads=args.threads, n_ctx=args.n_ctx, min_confidence=0.0)
+    try:
+        examples = _examples(args.data, router.catalogue, args.limit)
+        report, predictions = evaluate_router(router, examples, unconstrained=args.unconstrained)
+        info = ModelInfo(
+            path=str(model),
+            kind="gguf",
+            backend="llama-cpp-python, free greedy generation"
+            if args.unconstrained
+            else "toolroute runtime (llama.cpp, GBNF, greedy)",
+            constrained=not args.unconstrained,
+            catalogue_sha256=router.catalogue.sha256,
+            sha256=_sha256(model),
+            prompt_mode=router.metadata.prompt_mode,
+        )
+        golds = [_gold(e) for e in examples]
+        return _document(args, info, report, golds, predictions, router.catalogue, len(examples)), router
+    except BaseException:
+        router.close()
+        raise
+
+
+def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
+    if args.pick_threshold:
+        raise ValueError("--pick-threshold writes into a router GGUF: evaluate the exported file")
+    try:
+        from toolroute.train.hf_eval import HfRouter, evaluate_run, run_catalogue
+    except ImportError as exc:
+        raise ValueError(f"evaluating a training run needs the train extra ({exc.name} is missing)") from None
+
+    from toolroute.train.run_dir import IncompleteRun
+
+    try:
+        catalogue = run_catalogue(model)
+    except IncompleteRun as exc:
+        raise ValueError(str(exc)) from None
+    examples = _examples(args.data, catalogue, args.limit)  # bad data fails before loading
+    router = HfRouter(model)
+    report, predictions = evaluate_run(router, examples, unconstrained=args.unconstrained)
+    info = ModelInfo(
+        path=str(model),
+        kind="run",
+        backend="transformers, free greedy generation"
+        if args.unconstrained
+        else "transformers + outlines (output JSON Schema), greedy",
+        constrained=not args.unconstrained,
+        catalogue_sha256=router.catalogue.sha256,
+        prompt_mode=router.manifest.prompt_mode,
+    )
+    golds = [_gold(e) for e in examples]
+    return _document(args, info, report, golds, predictions, router.catalogue, len(examples))
+
+
+def _gold(example: Any) -> Any:
+    from .evaluate import gold_of
+
+    return gold_of(example)
+
+
+def _document(
+    args: argparse.Namespace,
+    info: ModelInfo,
+    report: Any,
+    golds: list[Any],
+    predictions: list[Any],
+    catalogue: Any,
+    count: int,
+) -> EvalDocument:
+    return EvalDocument(
+        model=info,
+        data=DataInfo(path=str(args.data), sha256=_sha256(args.data), examples=count),
+        report=report,
+        threshold=threshold_choice(report, args.max_risk),
+        errors=error_cases(golds, predictions, catalogue),
+    )
+
+
+def write_threshold(model: Path, router: Any, threshold: float) -> None:
+    """Rewrite the router file with `toolroute.min_confidence` (atomic; its .sha256 too)."""
+    try:
+        from toolroute.export.embed import publish_router_gguf
+    except ImportError as exc:
+        raise ValueError(
+            f"--pick-threshold rewrites the GGUF with the `gguf` package ({exc.name} is missing); "
+            "install the train extra"
+        ) from None
+    metadata = router.metadata.model_copy(update={"min_confidence": f"{threshold:.6f}"})
+    router.close()  # llama.cpp maps the file; let go of it before it is replaced
+    publish_router_gguf(model, model, metadata)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"{model}: no such run directory or GGUF file")
+    if not args.data.is_file():
+        raise FileNotFoundError(f"{args.data}: no such data file")
+    if model.is_dir():
+        document = evaluate_run_dir(args, model)
+    else:
+        document, router = evaluate_gguf(args, model)
+        try:
+            if args.pick_threshold:
+                if args.unconstrained:
+                    raise ValueError("--pick-threshold needs the constrained runtime's confidence")
+                if document.threshold.threshold is None:
+                    print(
+                        f"toolroute eval: no threshold keeps silent errors at or below {args.max_risk:.1%}; "
+                        "the file is unchanged",
+                        file=sys.stderr,
+                    )
+                else:
+                    write_threshold(model, router, document.threshold.threshold)
+                    document.threshold.written_to = str(model)
+        finally:
+            router.close()
+    out = Path(args.out) if args.out else default_out(model, args.unconstrained)
+    _write(document, out)
+    print(_summary(document, out))
+    return 0
+
+
+def _write(document: EvalDocument, out: Path) -> None:
+    from .files import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "eval.json", dump_json(document))
+    atomic_write_text(out / "eval.md", markdown(document))
+    if not risk_coverage_plot(document, out / "risk_coverage.png"):
+        print("toolroute eval: matplotlib is not installed: no risk-coverage plot", file=sys.stderr)
+
+
+def _summary(document: EvalDocument, out: Path) -> str:
+    report = document.report
+    rows = [*headline_rows(report), ("silent-error rate", f"{report.silent_error_rate * 100:.1f}%")]
+    if report.slot_f1 is not None:
+        rows.append(("slot F1", f"{report.slot_f1:.3f}"))
+    if report.latency_ms_p50 is not None:
+        rows.append(("latency p50 / p95 (ms)", f"{report.latency_ms_p50:.0f} / {report.latency_ms_p95:.0f}"))
+    choice = document.threshold
+    if choice.threshold is not None:
+        rows.append(
+            (f"threshold for <= {choice.max_silent_error_rate:.0%} silent errors",
+             f"{choice.threshold:.4f} (coverage {choice.coverage:.0%})")
+        )  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{document.model.path} on {document.data.path} ({document.data.examples} examples)"]
+    lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]
+    lines.append(f"report: {out / 'eval.md'}, {out / 'eval.json'}")
+    return "\n".join(lines)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="score a router GGUF or a training run on labelled data")
+    parser.add_argument(
+        "--model", required=True, help="a router GGUF, or a training run directory (runs/NAME)"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="labelled JSONL (any format `data check` reads)"
+    )
+    parser.add_argument(
+        "--unconstrained", action="store_true", help="free greedy generation, parsed afterwards (no grammar)"
+    )
+    parser.add_argument(
+        "--pick-threshold",
+        action="store_true",
+        help="write the confidence threshold that keeps silent errors <= --max-risk into the GGUF",
+    )
+    parser.add_argument(
+        "--max-risk",
+        type=float,
+        default=MAX_RISK,
+        help="silent-error rate the threshold keeps (default 0.01)",
+    )
+    parser.add_argument("--limit", type=int, help="N examples spread evenly over the file")
+    parser.add_argument("--out", help="report directory (default: beside the model)")
+    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: half the cores)")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    parser.set_defaults(handler=_eval)

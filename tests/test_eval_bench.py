@@ -1,0 +1,163 @@
+"""`toolroute eval` and `toolroute bench` end to end with tiny models (seconds, not minutes).
+
+The same commands run on the real default base in BENCHMARKS.md (customer support and HWU64).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import runtime_support
+from test_metrics import GOLDS, PREDICTIONS
+
+from support import ROOT
+from toolroute.grammars import load_catalogue
+from toolroute.runtime.cli import main
+from toolroute.runtime.metrics import evaluate_predictions
+from toolroute.runtime.reporting import error_cases, threshold_choice
+from toolroute.runtime.router import Router
+
+EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
+CAT = load_catalogue(runtime_support.CUSTOMER_SUPPORT_TOOLS)
+REPORT_KEYS = {
+    "valid_tool_call_rate", "tool_name_accuracy", "argument_match_accuracy", "false_tool_call_rate",
+    "missed_call_rate", "silent_error_rate", "exact_call_accuracy", "slot_precision", "slot_recall",
+    "slot_f1", "confusion", "per_argument_accuracy", "latency_ms_p50", "latency_ms_p95",
+    "prompt_tokens_mean", "risk_coverage", "threshold_for_1pct", "examples",
+}  # fmt: skip
+
+
+def test_errors_are_ranked_worst_first():
+    cases = error_cases(GOLDS, PREDICTIONS, CAT)
+    assert [c.kind for c in cases] == ["false call", "wrong arguments", "wrong arguments", "invalid"]
+    assert [c.request for c in cases] == ["e", "c", "b", "f"]  # wrong arguments: 0.90 before 0.60
+    assert cases[1].gold == 'request_refund({"order_id":"C3","reason":"damaged"})'
+
+
+def test_threshold_choice_follows_the_allowed_risk():
+    report = evaluate_predictions(GOLDS, PREDICTIONS, CAT)
+    strict = threshold_choice(report, 0.0)
+    assert strict.threshold == 0.95 and strict.coverage == pytest.approx(1 / 6)
+    loose = threshold_choice(report, 1.0)
+    assert loose.threshold == 0.0 and loose.coverage == pytest.approx(5 / 6)
+
+
+@pytest.fixture()
+def tiny_copy(tmp_path_factory, tmp_path):
+    source = runtime_support.tiny_router_file(tmp_path_factory)
+    target = tmp_path / "router.gguf"
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def test_eval_cli_on_a_gguf_writes_reports_and_picks_a_threshold(tiny_copy, capsys):
+    code = main(["eval", "--model", str(tiny_copy), "--data", str(EVAL), "--limit", "24",
+                 "--pick-threshold", "--max-risk", "1.0", "--threads", "1"])  # fmt: skip
+    assert code == 0
+    out = tiny_copy.with_name("router.eval")
+    document = json.loads((out / "eval.json").read_text())
+    assert document["format"] == "toolroute-eval/1"
+    assert set(document["report"]) >= REPORT_KEYS
+    report = document["report"]
+    assert document["data"]["examples"] == report["examples"] == 24
+    assert report["valid_tool_call_rate"] == 1.0  # the grammar at work, even on a random model
+    assert document["model"]["constrained"] and document["model"]["kind"] == "gguf"
+    assert sum(sum(row.values()) for row in report["confusion"].values()) == 24
+    errors = document["errors"]
+    order = ["wrong tool", "false call", "wrong arguments", "invalid", "missed call"]
+    assert errors == sorted(errors, key=lambda e: (order.index(e["kind"]), -(e["confidence"] or 0)))
+    markdown = (out / "eval.md").read_text()
+    for heading in ("the four numbers", "Confusion matrix", "Per-argument accuracy", "worst errors"):
+        assert heading in markdown
+    assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
+    threshold = document["threshold"]["threshold"]
+    assert threshold is not None and document["threshold"]["written_to"] == str(tiny_copy)
+    with Router.load(tiny_copy, n_threads=1) as router:
+        assert router.min_confidence == pytest.approx(threshold, abs=1e-6)
+    sidecar = tiny_copy.with_name("router.gguf.sha256").read_text().split()[0]
+    assert sidecar == hashlib.sha256(tiny_copy.read_bytes()).hexdigest()
+    assert "tool-name accuracy" in capsys.readouterr().out
+
+
+def test_eval_cli_unconstrained_gguf_parses_free_text(tiny_copy, tmp_path):
+    out = tmp_path / "free"
+    code = main(["eval", "--model", str(tiny_copy), "--data", str(EVAL), "--limit", "4", "--unconstrained",
+                 "--out", str(out), "--threads", "1"])  # fmt: skip
+    assert code == 0
+    document = json.loads((out / "eval.json").read_text())
+    assert not document["model"]["constrained"]
+    # A random model's free text is (almost surely) no valid call: the rate now says something.
+    assert document["report"]["valid_tool_call_rate"] < 1.0
+
+
+def test_eval_cli_refuses_bad_data_with_file_and_line(tiny_copy, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(EVAL.read_text().splitlines()[0] + "\n{not json\n")
+    assert main(["eval", "--model", str(tiny_copy), "--data", str(bad)]) == 2
+    assert f"{bad}:2: bad JSON" in capsys.readouterr().err
+
+
+def test_eval_cli_on_a_training_run_constrained_by_outlines(tiny_run, tmp_path):
+    out = tmp_path / "hf"
+    assert (
+        main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "3", "--out", str(out)]) == 0
+    )
+    document = json.loads((out / "eval.json").read_text())
+    assert document["model"]["kind"] == "run" and "outlines" in document["model"]["backend"]
+    assert document["report"]["valid_tool_call_rate"] == 1.0  # the JSON Schema mask at work
+    free = tmp_path / "hf-free"
+    assert main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "2", "--unconstrained",
+                 "--out", str(free)]) == 0  # fmt: skip
+    assert not json.loads((free / "eval.json").read_text())["model"]["constrained"]
+
+
+def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
+    from toolroute.export.bench import bench_run
+
+    results = bench_run(
+        tiny_run, EVAL, ["f16", "q8_0"], tmp_path / "dist", tmp_path / "bench", limit=3, threads=1
+    )
+    labels = [row.label for row in results.rows]
+    assert labels[:2] == ["F16", "Q8_0"] and labels[2].startswith("untuned base")
+    assert labels[3].startswith("naive create_chat_completion")
+    for row in results.rows:
+        assert row.measurement is not None, row.error
+        m = row.measurement
+        assert m.requests == 3 and m.load_s > 0 and m.peak_rss_mb > 0 and m.latency_ms_p50 is not None
+    assert results.rows[0].measurement.size_bytes > results.rows[1].measurement.size_bytes
+    saved = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert saved["format"] == "toolroute-bench/1" and len(saved["rows"]) == 4
+    assert "| F16 |" in (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert (tmp_path / "bench" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # A second bench reuses the exported files (same run): nothing is exported again.
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dist").glob("*.gguf")}
+    bench_run(tiny_run, EVAL, ["q8_0"], tmp_path / "dist", tmp_path / "bench2", limit=1, threads=1,
+              references=False)  # fmt: skip
+    assert (tmp_path / "dist" / "tiny-router.q8_0.gguf").stat().st_mtime_ns == before["tiny-router.q8_0.gguf"]
+
+
+def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):
+    from toolroute.export.bench_modes import bench_modes
+
+    data = ROOT / "examples" / "customer_support"
+    for name, count in (("train", 16), ("eval", 8)):
+        lines = (data / f"{name}.jsonl").read_text().splitlines()[:count]
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f'[train]\nname = "modes"\ndata = "{tmp_path / "train.jsonl"}"\ntools = "{data / "tools.py"}"\n'
+        f'base = "{tiny_base}"\nbatch_size = 8\ngrad_accum = 1\nruns_dir = "{tmp_path / "runs"}"\n'
+    )
+    results = bench_modes(
+        config, ["none", "names"], tmp_path / "eval.jsonl", tmp_path / "dist", tmp_path / "out",
+        overrides={"max_steps": 1}, limit=2, threads=1,
+    )  # fmt: skip
+    assert [row.mode for row in results.rows] == ["none", "names"]
+    for row in results.rows:
+        assert row.measurement is not None, row.error
+        assert row.train_steps == 1
+    tokens = [row.measurement.report.prompt_tokens_mean for row in results.rows]
+    assert tokens[0] < tokens[1]  # names lists the tools; none does not
+    assert "| none |" in (tmp_path / "out" / "MODES.md").read_text()
