@@ -7,6 +7,8 @@ tokens/s and the full evaluation report on the data. Reference rows, measured in
 
 - `untuned base`: the base model itself with the run's prompt and grammar embedded (the zero-shot
   floor: what the grammar alone buys);
+- `router without prefix cache`: the Q4_K_M router evaluating the whole prompt for every request
+  (what the cached system-prompt prefix saves);
 - `naive`: llama-cpp-python's `create_chat_completion(grammar=...)` on the Q4_K_M router (the
   speed reference: a hand-written llama.cpp script).
 
@@ -185,6 +187,12 @@ def bench_run(
                         (BenchRow(label="untuned base", reference=True, error=str(exc)), None, "router")
                     )
                 naive_level = NAIVE_LEVEL if NAIVE_LEVEL in files else next(iter(files))
+                no_cache = BenchRow(
+                    label=f"router without prefix cache ({naive_level.upper()})",
+                    level=naive_level,
+                    reference=True,
+                )
+                rows.append((no_cache, files[naive_level], "router-no-prefix-cache"))
                 rows.append(
                     (
                         BenchRow(

@@ -102,13 +102,13 @@ def test_eval_cli_refuses_bad_data_with_file_and_line(tiny_copy, tmp_path, capsy
 def test_eval_cli_on_a_training_run_constrained_by_outlines(tiny_run, tmp_path):
     out = tmp_path / "hf"
     assert (
-        main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "3", "--out", str(out)]) == 0
+        main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "2", "--out", str(out)]) == 0
     )
     document = json.loads((out / "eval.json").read_text())
     assert document["model"]["kind"] == "run" and "outlines" in document["model"]["backend"]
     assert document["report"]["valid_tool_call_rate"] == 1.0  # the JSON Schema mask at work
     free = tmp_path / "hf-free"
-    assert main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "2", "--unconstrained",
+    assert main(["eval", "--model", str(tiny_run), "--data", str(EVAL), "--limit", "1", "--unconstrained",
                  "--out", str(free)]) == 0  # fmt: skip
     assert not json.loads((free / "eval.json").read_text())["model"]["constrained"]
 
@@ -117,18 +117,20 @@ def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
     from toolroute.export.bench import bench_run
 
     results = bench_run(
-        tiny_run, EVAL, ["f16", "q8_0"], tmp_path / "dist", tmp_path / "bench", limit=3, threads=1
+        tiny_run, EVAL, ["f16", "q8_0"], tmp_path / "dist", tmp_path / "bench", limit=2, threads=1
     )
     labels = [row.label for row in results.rows]
     assert labels[:2] == ["F16", "Q8_0"] and labels[2].startswith("untuned base")
-    assert labels[3].startswith("naive create_chat_completion")
+    assert labels[3].startswith("router without prefix cache") and labels[4].startswith("naive")
     for row in results.rows:
         assert row.measurement is not None, row.error
         m = row.measurement
-        assert m.requests == 3 and m.load_s > 0 and m.peak_rss_mb > 0 and m.latency_ms_p50 is not None
+        assert m.requests == 2 and m.load_s > 0 and m.peak_rss_mb > 0 and m.latency_ms_p50 is not None
     assert results.rows[0].measurement.size_bytes > results.rows[1].measurement.size_bytes
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert saved["format"] == "toolroute-bench/1" and len(saved["rows"]) == 4
+    assert saved["format"] == "toolroute-bench/1" and len(saved["rows"]) == 5
+    no_cache = results.rows[3].measurement.report.prompt_tokens_mean
+    assert no_cache == results.rows[1].measurement.report.prompt_tokens_mean
     assert "| F16 |" in (tmp_path / "bench" / "RESULTS.md").read_text()
     assert (tmp_path / "bench" / "results.png").read_bytes()[:4] == b"\x89PNG"
     # A second bench reuses the exported files (same run): nothing is exported again.
@@ -152,7 +154,7 @@ def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):
     )
     results = bench_modes(
         config, ["none", "names"], tmp_path / "eval.jsonl", tmp_path / "dist", tmp_path / "out",
-        overrides={"max_steps": 1}, limit=2, threads=1,
+        overrides={"max_steps": 1}, limit=1, threads=1,
     )  # fmt: skip
     assert [row.mode for row in results.rows] == ["none", "names"]
     for row in results.rows:

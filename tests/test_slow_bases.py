@@ -40,6 +40,17 @@ def test_default_base_trains_on_the_customer_support_set(tmp_path):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # learning, not just running
     assert manifest.metrics["final_eval_loss"] < 2.0
 
+    # Before export: the merged model in transformers, constrained by outlines to the output schema.
+    from toolroute.train.formats import read_examples
+    from toolroute.train.hf_eval import HfRouter, evaluate_run
+
+    router = HfRouter(config.run_dir)
+    examples = read_examples(EXAMPLE / "eval.jsonl", router.catalogue).examples[:3]
+    report, predictions = evaluate_run(router, examples)
+    assert report.valid_tool_call_rate == 1.0, [p.raw for p in predictions]
+    free, _ = evaluate_run(router, examples[:1], unconstrained=True)
+    assert free.examples == 1
+
 
 def test_gemma_base_trains_a_few_steps(tmp_path):
     """The second packaged base: Gemma 3 270M, assembled from its chunk packages (`.[gemma]`)."""
