@@ -85,8 +85,6 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
 
 
 def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
-    if args.pick_threshold:
-        raise ValueError("--pick-threshold writes into a router GGUF: evaluate the exported file")
     try:
         from toolroute.train.hf_eval import HfRouter, evaluate_run, run_catalogue
     except ImportError as exc:
@@ -148,7 +146,7 @@ def write_threshold(model: Path, router: Any, threshold: float) -> None:
             f"--pick-threshold rewrites the GGUF with the `gguf` package ({exc.name} is missing); "
             "install the train extra"
         ) from None
-    metadata = router.metadata.model_copy(update={"min_confidence": f"{threshold:.6f}"})
+    metadata = router.metadata.model_copy(update={"min_confidence": repr(threshold)})
     router.close()  # llama.cpp maps the file; let go of it before it is replaced
     publish_router_gguf(model, model, metadata)
 
@@ -159,20 +157,22 @@ def _eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{model}: no such run directory or GGUF file")
     if not args.data.is_file():
         raise FileNotFoundError(f"{args.data}: no such data file")
+    if args.pick_threshold and (args.unconstrained or model.is_dir()):
+        raise ValueError("--pick-threshold needs a router GGUF evaluated with its grammar (its confidence)")
+    status = 0
     if model.is_dir():
         document = evaluate_run_dir(args, model)
     else:
         document, router = evaluate_gguf(args, model)
         try:
             if args.pick_threshold:
-                if args.unconstrained:
-                    raise ValueError("--pick-threshold needs the constrained runtime's confidence")
                 if document.threshold.threshold is None:
                     print(
                         f"toolroute eval: no threshold keeps silent errors at or below {args.max_risk:.1%}; "
                         "the file is unchanged",
                         file=sys.stderr,
                     )
+                    status = 1
                 else:
                     write_threshold(model, router, document.threshold.threshold)
                     document.threshold.written_to = str(model)
@@ -181,7 +181,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(model, args.unconstrained)
     _write(document, out)
     print(_summary(document, out))
-    return 0
+    return status
 
 
 def _write(document: EvalDocument, out: Path) -> None:

@@ -151,7 +151,7 @@ def risk_coverage(
         ]  # fmt: skip
         points.append(
             RiskPoint(
-                threshold=round(threshold, 6),
+                threshold=threshold,  # exact: a rounded-up threshold would hold back the call it keeps
                 coverage=len(kept) / total,
                 silent_error_rate=sum(o.silent_error for o in kept) / total,
             )
