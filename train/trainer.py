@@ -213,11 +213,17 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     )
     has_checkpoint = run.checkpoints.is_dir() and any(run.checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
-    eval_loss = trainer.evaluate()["eval_loss"] if evaluate else None
-    if eval_loss is not None and (not losses or losses[-1].get("eval_loss") != eval_loss):
-        losses.append(
-            {"step": trainer.state.global_step, "epoch": trainer.state.epoch, "eval_loss": eval_loss}
-        )
+    eval_loss = None
+    if evaluate:
+        # The epoch-end evaluation usually ran at the last step already (minutes on a CPU for a
+        # large eval set); evaluate again only when training stopped between epochs.
+        step = trainer.state.global_step
+        last = next((row for row in reversed(losses) if row.get("eval_loss") is not None), None)
+        if last is not None and last.get("step") == step:
+            eval_loss = float(last["eval_loss"])
+        else:
+            eval_loss = trainer.evaluate()["eval_loss"]
+            losses.append({"step": step, "epoch": trainer.state.epoch, "eval_loss": eval_loss})
     if not trainer.is_world_process_zero():
         return None
 
