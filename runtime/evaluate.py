@@ -76,11 +76,11 @@ def _free_generation(router: Router, examples: Sequence[Example], description: s
     predictions = []
     try:
         for example in tqdm(examples, desc=description, leave=False):
-            tokens, _, grammar = router.prepare(example.request, list(example.history) or None)
+            tokens, cached, grammar = router.prepare(example.request, list(example.history) or None)
             start = time.perf_counter()
             output = llama.create_completion(
                 tokens,
-                max_tokens=grammar.max_tokens,
+                max_tokens=router.completion_budget(len(tokens), cached, grammar),
                 temperature=0.0,
                 stop=[suffix] if suffix else None,
             )

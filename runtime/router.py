@@ -39,9 +39,11 @@ How a request runs:
 Input limits: an empty or whitespace-only request is refused (`EmptyRequestError`). The
 completion budget is the grammar's own bound (the longest output it admits, in bytes: one token
 spells at least one byte), so no valid output is ever cut short; `max_completion_tokens` can
-lower it, and an output cut short by a lower cap comes back `invalid`, never dispatched. A
-request whose prompt, plus that budget, plus the branches confidence scoring may hold, does not
-fit in `n_ctx` is refused (`RequestTooLongError`) before anything runs.
+lower it, and an output cut short by a lower cap comes back `invalid`, never dispatched. Where
+the prompt plus that bound plus the branches confidence scoring may hold does not fit in `n_ctx`
+(a large catalogue of optional string arguments: HWU64's grammar admits 18k bytes), the output
+gets the room that is left, as long as that is at least `MIN_COMPLETION_TOKENS` (256); with less
+room the request is refused (`RequestTooLongError`) before anything runs.
 
 Thread safety: a router owns a pool of `n_contexts` llama.cpp contexts over one shared copy of
 the weights; `route` takes a whole context for the request (a queue, so with the default of one
@@ -95,6 +97,9 @@ FIRST_BRANCH_SEQ = 2  # one per tool name while scoring confidence
 DEFAULT_N_CTX = 4096
 # A grammar without a finite bound (never one toolroute writes) gets this completion cap.
 FALLBACK_COMPLETION_TOKENS = 1024
+# Below this much room for the output a request is refused rather than routed with a cap (a
+# router call is tens of tokens; hundreds leave room for long free-text arguments).
+MIN_COMPLETION_TOKENS = 256
 N_BATCH = 512
 
 HistoryItem = Turn | Mapping[str, str]
@@ -339,17 +344,29 @@ class Router:
         tokens = self._prompts.tokens(request, self._turns(history))
         prefix = self._prompts.prefix if self.cache_prefix else []
         cached = min(common_prefix([tokens, prefix]), len(tokens) - 1) if prefix else 0
-        # KV cells needed: the prefix (shared), the rest of the prompt, the completion budget and
-        # the branches confidence scoring may hold.
-        needed = len(tokens) + (len(prefix) - cached) + grammar.max_tokens + grammar.scorer.max_cells
-        if needed > self.n_ctx:
-            room = self.n_ctx - grammar.max_tokens - grammar.scorer.max_cells
-            raise RequestTooLongError(
-                f"request too long: the prompt is {len(tokens)} tokens and the context holds {self.n_ctx}, "
-                f"of which {grammar.max_tokens} are kept for the longest output the grammar allows; "
-                f"prompts up to about {room} tokens fit (load the router with a larger n_ctx for more)"
-            )
+        self.completion_budget(len(tokens), cached, grammar)  # raises when the request does not fit
         return tokens, cached, grammar
+
+    def completion_budget(self, prompt_tokens: int, cached: int, grammar: _Grammar) -> int:
+        """Output tokens a request may use: the grammar's bound on the longest output, or, where
+        that does not fit in the context (a large catalogue of optional strings), the room left,
+        if it is at least `MIN_COMPLETION_TOKENS`; an output cut there comes back `invalid`.
+
+        KV cells needed: the prefix (shared), the rest of the prompt, the completion and the
+        branches confidence scoring may hold. Raises `RequestTooLongError`.
+        """
+        prefix = len(self._prompts.prefix) if self.cache_prefix else 0
+        used = prompt_tokens + (prefix - cached) + grammar.scorer.max_cells
+        room = self.n_ctx - used
+        needed = min(grammar.max_tokens, MIN_COMPLETION_TOKENS)
+        if room < needed:
+            fits = self.n_ctx - needed - grammar.scorer.max_cells - (prefix - cached)
+            raise RequestTooLongError(
+                f"request too long: the prompt is {prompt_tokens} tokens and the context holds {self.n_ctx}, "
+                f"of which {needed} are kept for the output; prompts up to about {fits} tokens fit "
+                "(load the router with a larger n_ctx for more)"
+            )
+        return min(grammar.max_tokens, room)
 
     def route(
         self, text: str, history: Sequence[HistoryItem] | None = None, *, tools: Iterable[str] | None = None
@@ -361,9 +378,10 @@ class Router:
         """
         start = time.perf_counter()
         tokens, cached, grammar = self.prepare(text, history, tools)
+        budget = self.completion_budget(len(tokens), cached, grammar)
         slot = self._slots.get()
         try:
-            generation = self._generate(slot, tokens, cached, grammar)
+            generation = self._generate(slot, tokens, cached, grammar, budget)
         finally:
             self._slots.put(slot)
         return self._result(generation, grammar, tokens, cached, start)
@@ -382,7 +400,9 @@ class Router:
         with ThreadPoolExecutor(max_workers=self.n_contexts) as pool:
             return list(pool.map(lambda text: self.route(text, history), texts))
 
-    def _generate(self, slot: _Slot, tokens: list[int], cached: int, grammar: _Grammar) -> _Generation:
+    def _generate(
+        self, slot: _Slot, tokens: list[int], cached: int, grammar: _Grammar, budget: int
+    ) -> _Generation:
         context, vocabulary = slot.context, self.vocabulary
         pieces = vocabulary.pieces
         branch_seqs = list(range(FIRST_BRANCH_SEQ, self._n_seq_max))
@@ -410,7 +430,7 @@ class Router:
                 if self.fast_forward:
                     # Stop a forced run at the decision point so that confidence is read there.
                     before = len(DECISION) - len(out) if len(out) < len(DECISION) else None
-                    limit = grammar.max_tokens - len(produced) if before is None else before
+                    limit = budget - len(produced) if before is None else before
                     span, choice_follows = (
                         forced_bytes(matcher, vocabulary, limit) if limit > 0 else (b"", False)
                     )
@@ -428,7 +448,7 @@ class Router:
                 allowed, may_end = matcher.probe(vocabulary)
                 if not allowed:
                     break  # the grammar is complete (or, impossibly, stuck): nothing to decode
-                if len(produced) >= grammar.max_tokens:
+                if len(produced) >= budget:
                     truncated = True
                     break
                 logits = context.extend(pending, WORK_SEQ, position)

@@ -397,6 +397,23 @@ def test_too_long_request_is_refused(tiny, tiny_file):
         tiny.route_many(["fine", " "])
 
 
+def test_a_grammar_bound_larger_than_the_context_gets_the_room_left(tmp_path):
+    """HWU64's 54 tools of optional strings admit 18k-byte outputs: more than a 4096 context."""
+    from toolroute.grammars import GrammarOptions
+
+    wide = runtime_support.build_tiny_base(
+        tmp_path / "wide.gguf", runtime_support.router_metadata(options=GrammarOptions())
+    )
+    with Router.load(wide, n_threads=1, n_ctx=600) as router:
+        tokens, cached, grammar = router.prepare("where is ORD-1?")
+        budget = router.completion_budget(len(tokens), cached, grammar)
+        assert 256 <= budget < grammar.max_tokens
+        result = router.route("where is ORD-1?")
+        assert result.kind in ("call", "no_tool", "invalid") and result.completion_tokens <= budget
+        with pytest.raises(RequestTooLongError, match="larger n_ctx"):
+            router.route("order " * 250)
+
+
 def test_completion_cap_gives_invalid_never_a_call(tiny_file):
     with Router.load(tiny_file, n_threads=1, max_completion_tokens=8) as capped:
         result = capped.route("where is ORD-1?")
