@@ -32,6 +32,22 @@ from .examples import Example
 from .run_dir import RunDir, RunManifest
 
 
+def capped(schema: Any, options: GrammarOptions) -> Any:
+    """The schema with the GBNF's caps spelled out: `maxLength` on strings (patterns, enums and
+    formats aside), `maxItems` on arrays, so that outlines admits the outputs the runtime's grammar
+    admits and every generation ends within the same token budget."""
+    if isinstance(schema, list):
+        return [capped(item, options) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: capped(value, options) for key, value in schema.items()}
+    if out.get("type") == "string" and not {"enum", "const", "pattern", "format"} & out.keys():
+        out["maxLength"] = min(out.get("maxLength", options.max_string_length), options.max_string_length)
+    if out.get("type") == "array":
+        out["maxItems"] = min(out.get("maxItems", options.max_array_items), options.max_array_items)
+    return out
+
+
 class HfRouter:
     """A run's base + adapter, merged in memory (fp32), with the run's prompt and catalogue."""
 
@@ -64,7 +80,7 @@ class HfRouter:
             from outlines.types import JsonSchema
 
             self._outlines = outlines.from_transformers(self.model, self.tokenizer)
-            schema = output_json_schema(self.catalogue, GrammarOptions())
+            schema = capped(output_json_schema(self.catalogue, GrammarOptions()), GrammarOptions())
             self._output_type = JsonSchema(json.dumps(schema), whitespace_pattern="", ensure_ascii=False)
         return self._outlines, self._output_type
 
