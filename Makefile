@@ -69,7 +69,7 @@ bench: $(RUN)/manifest.json
 
 # HWU64 (../shared/datasets/hwu64, CC BY 4.0): import, train on folds 1-8, measure on the test fold.
 HWU64_SOURCE ?= ../shared/datasets/hwu64/hwu64.jsonl
-HWU64_LIMIT ?= 400
+HWU64_LIMIT ?= 300
 
 data/hwu64/train.jsonl: | setup
 	$(VENV)/bin/toolroute data import-hwu64 $(HWU64_SOURCE) --out data/hwu64

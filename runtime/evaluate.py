@@ -19,7 +19,7 @@ from toolroute.grammars import NO_TOOL, Catalogue, NoTool, ToolCall
 from toolroute.train.examples import Example
 
 from .metrics import EvalReport, Gold, Prediction, evaluate_predictions
-from .results import RouteResult
+from .results import RouteInputError, RouteResult
 from .router import Router
 
 
@@ -92,6 +92,14 @@ def _free_generation(router: Router, examples: Sequence[Example], description: s
     return predictions
 
 
+def _routed(router: Router, example: Example) -> Prediction:
+    """The example routed; one the router refuses (too long for the context) counts as invalid."""
+    try:
+        return prediction_of(router.route(example.request, list(example.history) or None))
+    except RouteInputError as exc:
+        return Prediction(kind="invalid", raw=f"(refused: {exc})")
+
+
 def evaluate_router(
     router: Router, examples: Sequence[Example], *, unconstrained: bool = False
 ) -> tuple[EvalReport, list[Prediction]]:
@@ -99,9 +107,6 @@ def evaluate_router(
     if unconstrained:
         predictions = _free_generation(router, examples, description)
     else:
-        predictions = [
-            prediction_of(router.route(example.request, list(example.history) or None))
-            for example in tqdm(examples, desc=description, leave=False)
-        ]
+        predictions = [_routed(router, example) for example in tqdm(examples, desc=description, leave=False)]
     golds = [gold_of(e) for e in examples]
     return evaluate_predictions(golds, predictions, router.catalogue), predictions

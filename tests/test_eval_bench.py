@@ -163,3 +163,18 @@ def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):
     tokens = [row.measurement.report.prompt_tokens_mean for row in results.rows]
     assert tokens[0] < tokens[1]  # names lists the tools; none does not
     assert "| none |" in (tmp_path / "out" / "MODES.md").read_text()
+
+
+def test_a_request_the_router_refuses_counts_as_invalid(tiny_copy, tmp_path):
+    from toolroute.runtime.evaluate import evaluate_router
+    from toolroute.train.formats import read_examples
+
+    rows = tmp_path / "rows.jsonl"
+    answer = {"role": "assistant", "content": '{"tool":"no_tool","reason":"x"}'}
+    too_long = {"messages": [{"role": "user", "content": "order " * 400}, answer]}
+    rows.write_text(EVAL.read_text().splitlines()[0] + "\n" + json.dumps(too_long) + "\n")
+    with Router.load(tiny_copy, n_threads=1, n_ctx=512) as router:
+        examples = read_examples(rows, router.catalogue).examples
+        report, predictions = evaluate_router(router, examples)
+    assert predictions[1].kind == "invalid" and predictions[1].raw.startswith("(refused: request too long")
+    assert report.examples == 2
