@@ -51,6 +51,19 @@ def _examples(path: Path, catalogue: Any, limit: int | None) -> list[Any]:
     return spread(result.examples, limit)
 
 
+# What produced the outputs, by model kind and whether generation was unconstrained.
+BACKENDS = {
+    "gguf": {
+        False: "toolroute runtime (llama.cpp, GBNF, greedy)",
+        True: "llama-cpp-python, free greedy generation",
+    },
+    "run": {
+        False: "transformers + outlines (output JSON Schema), greedy",
+        True: "transformers, free greedy generation",
+    },
+}
+
+
 def default_out(model: Path, unconstrained: bool) -> Path:
     suffix = "-free" if unconstrained else ""
     if model.is_dir():
@@ -67,18 +80,11 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
         examples = _examples(args.data, router.catalogue, args.limit)
         report, predictions = evaluate_router(router, examples, unconstrained=args.unconstrained)
         info = ModelInfo(
-            path=str(model),
-            kind="gguf",
-            backend="llama-cpp-python, free greedy generation"
-            if args.unconstrained
-            else "toolroute runtime (llama.cpp, GBNF, greedy)",
-            constrained=not args.unconstrained,
-            catalogue_sha256=router.catalogue.sha256,
-            sha256=_sha256(model),
-            prompt_mode=router.metadata.prompt_mode,
-        )
-        golds = [_gold(e) for e in examples]
-        return _document(args, info, report, golds, predictions, router.catalogue, len(examples)), router
+            path=str(model), kind="gguf", backend=BACKENDS["gguf"][args.unconstrained],
+            constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
+            sha256=_sha256(model), prompt_mode=router.metadata.prompt_mode,
+        )  # fmt: skip
+        return _document(args, info, report, examples, predictions, router.catalogue), router
     except BaseException:
         router.close()
         raise
@@ -100,37 +106,27 @@ def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
     router = HfRouter(model)
     report, predictions = evaluate_run(router, examples, unconstrained=args.unconstrained)
     info = ModelInfo(
-        path=str(model),
-        kind="run",
-        backend="transformers, free greedy generation"
-        if args.unconstrained
-        else "transformers + outlines (output JSON Schema), greedy",
-        constrained=not args.unconstrained,
-        catalogue_sha256=router.catalogue.sha256,
+        path=str(model), kind="run", backend=BACKENDS["run"][args.unconstrained],
+        constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
         prompt_mode=router.manifest.prompt_mode,
-    )
-    golds = [_gold(e) for e in examples]
-    return _document(args, info, report, golds, predictions, router.catalogue, len(examples))
-
-
-def _gold(example: Any) -> Any:
-    from .evaluate import gold_of
-
-    return gold_of(example)
+    )  # fmt: skip
+    return _document(args, info, report, examples, predictions, router.catalogue)
 
 
 def _document(
     args: argparse.Namespace,
     info: ModelInfo,
     report: Any,
-    golds: list[Any],
+    examples: list[Any],
     predictions: list[Any],
     catalogue: Any,
-    count: int,
 ) -> EvalDocument:
+    from .evaluate import gold_of
+
+    golds = [gold_of(example) for example in examples]
     return EvalDocument(
         model=info,
-        data=DataInfo(path=str(args.data), sha256=_sha256(args.data), examples=count),
+        data=DataInfo(path=str(args.data), sha256=_sha256(args.data), examples=len(examples)),
         report=report,
         threshold=threshold_choice(report, args.max_risk),
         errors=error_cases(golds, predictions, catalogue),
