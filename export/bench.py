@@ -19,7 +19,6 @@ area proportional to file size) into the output directory.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
@@ -33,7 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from toolroute.runtime.files import atomic_write_bytes, atomic_write_text
+from toolroute.runtime.files import atomic_write_png, atomic_write_text, file_sha256
 from toolroute.runtime.measure import Measurement
 from toolroute.train.run_dir import RunDir
 
@@ -64,10 +63,6 @@ class BenchResults(BaseModel):
     threads: int | None
     seconds: float
     rows: list[BenchRow]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _embedded_manifest_sha(path: Path) -> str | None:
@@ -221,7 +216,7 @@ def bench_run(
         base=manifest.base.spec,
         prompt_mode=manifest.prompt_mode,
         data=str(data),
-        data_sha256=_sha256(data),
+        data_sha256=file_sha256(data),
         examples=measured[0].requests if measured else None,
         machine=_machine(),
         threads=measured[0].threads if measured else threads,
@@ -327,10 +322,8 @@ def plot(results: BenchResults, path: Path) -> None:
     figure.suptitle(f"{results.run}: accuracy vs latency (marker area = file size; squares = references)",
                     fontsize=10)  # fmt: skip
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    atomic_write_png(figure, path)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_results(results: BenchResults, out: Path) -> None:

@@ -8,7 +8,6 @@ complete with the same config), exported at Q4_K_M and measured like a benchmark
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from toolroute.runtime.files import atomic_write_bytes, atomic_write_text
+from toolroute.runtime.files import atomic_write_png, atomic_write_text
 from toolroute.runtime.measure import Measurement
 
 from .bench import _machine, _num, _pct, measure_in_subprocess
@@ -159,7 +158,5 @@ def plot(results: ModeResults, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.set_title("What a longer prompt buys", fontsize=10)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    atomic_write_png(figure, path)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())

@@ -7,13 +7,12 @@ prompts the way the router was trained.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import gguf
 from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
-from toolroute.runtime.files import atomic_write_text
+from toolroute.runtime.files import atomic_write_text, file_sha256
 from toolroute.runtime.router_file import RouterMetadata
 
 
@@ -50,11 +49,7 @@ def write_router_gguf(source: Path, destination: Path, metadata: RouterMetadata)
 def publish_router_gguf(source: Path, destination: Path, metadata: RouterMetadata) -> str:
     """Embed metadata into `destination` (atomic) and write its `.sha256` beside it; the digest."""
     write_router_gguf(source, destination, metadata)
-    digest = hashlib.sha256()
-    with open(destination, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    hexdigest = digest.hexdigest()
+    hexdigest = file_sha256(destination)
     sidecar = destination.with_name(destination.name + ".sha256")
     atomic_write_text(sidecar, f"{hexdigest}  {destination.name}\n")
     return hexdigest

@@ -9,11 +9,11 @@ in transformers (`toolroute.train.hf_eval`, needs the `train` extra). Writes `ev
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from .files import file_sha256
 from .reporting import (
     MAX_RISK,
     DataInfo,
@@ -26,14 +26,6 @@ from .reporting import (
     risk_coverage_plot,
     threshold_choice,
 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _examples(path: Path, catalogue: Any, limit: int | None) -> list[Any]:
@@ -82,7 +74,7 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
         info = ModelInfo(
             path=str(model), kind="gguf", backend=BACKENDS["gguf"][args.unconstrained],
             constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
-            sha256=_sha256(model), prompt_mode=router.metadata.prompt_mode,
+            sha256=file_sha256(model), prompt_mode=router.metadata.prompt_mode,
         )  # fmt: skip
         return _document(args, info, report, examples, predictions, router.catalogue), router
     except BaseException:
@@ -126,7 +118,7 @@ def _document(
     golds = [gold_of(example) for example in examples]
     return EvalDocument(
         model=info,
-        data=DataInfo(path=str(args.data), sha256=_sha256(args.data), examples=len(examples)),
+        data=DataInfo(path=str(args.data), sha256=file_sha256(args.data), examples=len(examples)),
         report=report,
         threshold=threshold_choice(report, args.max_risk),
         errors=error_cases(golds, predictions, catalogue),

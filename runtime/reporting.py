@@ -7,7 +7,6 @@ choice and the worst errors (confidently wrong calls first: nothing downstream c
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 
 from toolroute.grammars import NO_TOOL, Catalogue
 
-from .files import atomic_write_bytes
+from .files import atomic_write_png
 from .metrics import INVALID, EvalReport, Gold, Prediction, outcome
 
 EVAL_FORMAT = "toolroute-eval/1"
@@ -264,8 +263,6 @@ def risk_coverage_plot(document: EvalDocument, path: Any) -> bool:
     axes.set_title(f"Risk-coverage: {document.model.path}", fontsize=9)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    atomic_write_png(figure, path)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
     return True

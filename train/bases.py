@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from toolroute.runtime.base_models import _PACKAGED, BaseModelNotFound, base_gguf
 from toolroute.runtime.chat import ChatTemplate
+from toolroute.runtime.files import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -30,14 +31,6 @@ class BaseIdentity(BaseModel):
     architecture: str
     parameters: int
     chat_template_sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
