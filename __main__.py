@@ -1,5 +1,5 @@
 """`python -m toolroute` (and `accelerate launch -m toolroute ...`) runs the CLI."""
 
-from toolroute.runtime.cli import main
+from toolroute.cli import main
 
 raise SystemExit(main())

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from toolroute.grammars import Catalogue, GrammarOptions
-from toolroute.runtime.chat import ChatTemplate, RouterPrompt
+from toolroute.grammars import GrammarOptions
+from toolroute.runtime.chat_template import ChatTemplate, RouterPrompt
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.router_file import RouterMetadata
 from toolroute.train.bases import Base
@@ -51,11 +51,8 @@ class ExportReport(BaseModel):
 
 
 def router_metadata(manifest: RunManifest, manifest_sha256: str, options: GrammarOptions) -> RouterMetadata:
-    catalogue = Catalogue.from_openai(manifest.catalogue, where="manifest catalogue")
-    if catalogue.sha256 != manifest.catalogue_sha256:
-        raise ValueError("the run's catalogue does not match its recorded hash")
     return RouterMetadata.build(
-        catalogue,
+        manifest.load_catalogue(),
         prompt_mode=manifest.prompt_mode,
         system_prompt=manifest.system_prompt,
         chat_template=manifest.chat_template,
@@ -68,8 +65,7 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
 
 def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
     split = manifest.data.get("eval") or manifest.data["train"]
-    catalogue = Catalogue.from_openai(manifest.catalogue)
-    examples = read_examples(split.path, catalogue).examples[:count]
+    examples = read_examples(split.path, manifest.load_catalogue()).examples[:count]
     prompt = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt)
     return [prompt.render(e.request, e.history) for e in examples]
 

@@ -2,12 +2,13 @@
 
 from .calls import NoTool, ToolCall, make_call, parse_tool_call
 from .canonical import format_number, serialize_call, serialize_no_tool
-from .catalogue import NO_TOOL, Catalogue, ToolSpec
+from .catalogue import Catalogue
 from .errors import CatalogueError, SchemaError
 from .gbnf import GrammarOptions, catalogue_gbnf
 from .loading import load_catalogue
 from .output_schema import output_json_schema
-from .prompt import PromptMode, render_system_prompt
+from .system_prompt import PromptMode, render_system_prompt
+from .tool import NO_TOOL, ToolSpec
 
 __all__ = [
     "NO_TOOL",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .canonical import serialize_call, serialize_no_tool
-from .catalogue import NO_TOOL, Catalogue
+from .tool import NO_TOOL
+
+if TYPE_CHECKING:
+    from .catalogue import Catalogue
 
 
 class NoTool(BaseModel):

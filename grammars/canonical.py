@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import math
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .catalogue import NO_TOOL, Catalogue
+from .tool import NO_TOOL
+
+if TYPE_CHECKING:
+    from .catalogue import Catalogue
 from .schema import Schema
 
 

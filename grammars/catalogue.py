@@ -9,54 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
+from .calls import NoTool, ToolCall, parse_tool_call
 from .errors import CatalogueError
-
-if TYPE_CHECKING:
-    from .calls import NoTool, ToolCall
-
-NO_TOOL = "no_tool"
-TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class ToolSpec(BaseModel):
-    """One tool: its name, what it does, and its normalised argument schema."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any]
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        return self.parameters.get("properties", {})
-
-    @property
-    def required(self) -> list[str]:
-        return self.parameters.get("required", [])
-
-    def to_openai(self) -> dict[str, Any]:
-        function: dict[str, Any] = {"name": self.name}
-        if self.description:
-            function["description"] = self.description
-        function["parameters"] = self.parameters
-        return {"type": "function", "function": function}
-
-
-def validate_tool_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not TOOL_NAME_RE.match(name):
-        raise CatalogueError(f"{where}: tool name {name!r} must match {TOOL_NAME_RE.pattern}")
-    if name == NO_TOOL:
-        raise CatalogueError(f"{where}: '{NO_TOOL}' is reserved for the router's explicit refusal")
-    return name
+from .models import arguments_model
+from .schema import SchemaBudget
+from .sources import specs_from_openai, tool_from_any
+from .tool import ToolSpec, validate_tool_name
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,12 +51,11 @@ class Catalogue:
     @classmethod
     def from_tools(cls, items: Iterable[Any]) -> Catalogue:
         """Build from Pydantic model classes, typed functions and OpenAI tool dicts, mixed freely."""
-        from .sources import tool_from_any
-
         specs: list[ToolSpec] = []
         sources: dict[str, Any] = {}
+        budget = SchemaBudget()  # one for the whole catalogue: many tools must not add up unbounded
         for index, item in enumerate(items):
-            spec, source = tool_from_any(item, where=f"tool #{index + 1}")
+            spec, source = tool_from_any(item, where=f"tool #{index + 1}", budget=budget)
             specs.append(spec)
             if source is not None:
                 sources[spec.name] = source
@@ -100,8 +64,6 @@ class Catalogue:
     @classmethod
     def from_openai(cls, data: Any, where: str = "tools") -> Catalogue:
         """Build from OpenAI `tools` JSON, a legacy `functions` list, or a dict holding either."""
-        from .sources import specs_from_openai
-
         return cls(tuple(specs_from_openai(data, where)))
 
     @classmethod
@@ -110,6 +72,8 @@ class Catalogue:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CatalogueError(f"{where}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CatalogueError(f"{where}: JSON nested too deeply to read") from None
         return cls.from_openai(data, where)
 
     # -- reading -----------------------------------------------------------------------------
@@ -189,8 +153,6 @@ class Catalogue:
 
     @cached_property
     def _argument_models(self) -> dict[str, type[BaseModel]]:
-        from .models import arguments_model
-
         return {tool.name: arguments_model(tool) for tool in self.tools}
 
     def arguments_model(self, name: str) -> type[BaseModel]:
@@ -200,6 +162,4 @@ class Catalogue:
 
     def parse(self, text: str) -> ToolCall | NoTool | None:
         """Parse model output into a validated call, a NoTool, or None. Never raises."""
-        from .calls import parse_tool_call
-
         return parse_tool_call(text, self)

@@ -14,10 +14,13 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 
 from .canonical import dump_value, json_string
-from .catalogue import NO_TOOL, Catalogue
+from .catalogue import Catalogue
+from .errors import CatalogueError
+from .llama_limits import MAX_REPETITION_THRESHOLD, GrammarLimitError, check_llama_limits
 from .numbers import Bound, integer_range, number_range
 from .patterns import gbnf_literal, pattern_gbnf
 from .schema import Schema
+from .tool import NO_TOOL
 
 # One canonical JSON string character: json.dumps(ensure_ascii=False) escapes only these.
 _JSON_CHAR = r'[^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u000" [0-7bef] | "u001" [0-9a-f])'
@@ -44,13 +47,23 @@ _FORMAT_RULES = {
 
 
 class GrammarOptions(BaseModel):
-    """Caps that keep every generation finite. Part of what a router file embeds."""
+    """Caps that keep every generation finite. Part of what a router file embeds.
+
+    The repeat caps stop at llama.cpp's repetition limit: above it llama.cpp reads `x{0,n}` as
+    unbounded, and a cap that silently stops capping is no cap.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    max_string_length: int = Field(256, ge=1, description="code points in any unbounded string")
-    max_reason_length: int = Field(160, ge=1, description="code points in a no_tool reason")
-    max_array_items: int = Field(16, ge=1, description="items in an array without maxItems")
+    max_string_length: int = Field(
+        256, ge=1, le=MAX_REPETITION_THRESHOLD, description="code points in any unbounded string"
+    )
+    max_reason_length: int = Field(
+        160, ge=1, le=MAX_REPETITION_THRESHOLD, description="code points in a no_tool reason"
+    )
+    max_array_items: int = Field(
+        16, ge=1, le=MAX_REPETITION_THRESHOLD, description="items in an array without maxItems"
+    )
     max_int_digits: int = Field(15, ge=1, le=30, description="digits before the decimal point")
     max_frac_digits: int = Field(15, ge=1, le=30, description="digits after the decimal point")
 
@@ -66,6 +79,8 @@ class _Builder:
         self.rules: dict[str, str] = {}
         self.by_body: dict[str, str] = {}
         self.formats: set[str] = set()
+        self.tool = NO_TOOL  # the tool whose rules are being written
+        self.tool_of: dict[str, str] = {}
 
     def rule(self, hint: str, body: str) -> str:
         """Name a body, reusing the name of an identical body."""
@@ -77,6 +92,7 @@ class _Builder:
             name, index = f"{base}-{index}", index + 1
         self.rules[name] = body
         self.by_body[body] = name
+        self.tool_of[name] = self.tool
         return name
 
     def string(self, low: int, high: int) -> str:
@@ -116,7 +132,12 @@ class _Builder:
             self.formats.add(schema["format"])
             return f'"\\"" {schema["format"]} "\\""'
         if "pattern" in schema:
-            body = pattern_gbnf(schema["pattern"], "char", self.options.max_string_length)
+            body = pattern_gbnf(
+                schema["pattern"],
+                "char",
+                self.options.max_string_length,
+                lambda part: self.rule(f"{hint}-part", part),
+            )
             return self.rule(hint, f'"\\"" {body} "\\""')
         body = self.string(
             schema.get("minLength", 0), schema.get("maxLength", self.options.max_string_length)
@@ -199,11 +220,13 @@ def catalogue_gbnf(catalogue: Catalogue, options: GrammarOptions | None = None) 
     builder = _Builder(options)
     calls = []
     for tool in catalogue:
+        builder.tool = tool.name
         arguments = builder.object(tool.parameters, f"{tool.name}-arguments")
         prefix = gbnf_literal(f'{{"tool":{json_string(tool.name)},"arguments":')
         calls.append(builder.rule(f"call-{tool.name}", f'{prefix} {arguments} "}}"'))
     reason = f'"\\"" char{{1,{options.max_reason_length}}} "\\""'
     no_tool = gbnf_literal(f'{{"tool":"{NO_TOOL}","reason":')
+    builder.tool = NO_TOOL
     calls.append(builder.rule(NO_TOOL, f'{no_tool} {reason} "}}"'))
     formats = {dep for fmt in builder.formats for dep in _FORMAT_DEPENDENCIES[fmt]}
     lines = [
@@ -214,4 +237,11 @@ def catalogue_gbnf(catalogue: Catalogue, options: GrammarOptions | None = None) 
         f"char ::= {_JSON_CHAR}",
         *(f"{name} ::= {body}" for name, body in _FORMAT_RULES.items() if name in formats),
     ]
-    return "\n".join(lines) + "\n"
+    gbnf = "\n".join(lines) + "\n"
+    try:
+        check_llama_limits(gbnf)
+    except GrammarLimitError as exc:
+        tool = builder.tool_of.get(exc.rule)
+        owner = f"tool '{tool}': " if tool and tool != NO_TOOL else ""
+        raise CatalogueError(f"{owner}{exc}; llama.cpp would refuse this grammar") from None
+    return gbnf

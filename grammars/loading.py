@@ -4,6 +4,11 @@
 - `tools.py` or `package.module`: a Python module; its `TOOLS` list if it has one, else the
   Pydantic models defined in it, else its public functions (definition order);
 - `package.module:NAME`: one attribute of a module (a list of tools, or a Catalogue).
+
+The kind is chosen from the spec's spelling alone, never by trying: a `.json` suffix (any case)
+is read as data, a `.py` suffix (any case) is imported from that file, any other existing file or
+path-like spec is refused, and only a dotted name is imported as a module. Importing runs the
+module's code, so a spec meant as data must never fall through to an import.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -21,18 +28,32 @@ from pydantic import BaseModel
 from .catalogue import Catalogue
 from .errors import CatalogueError
 
+# `package.module` or `package.module:NAME`: Python identifiers, nothing a file path would hold.
+_MODULE_SPEC = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*(?::[A-Za-z_]\w*)?", re.ASCII)
+_SEPARATORS = {"/", "\\", os.sep, os.altsep or "/"}
+
 
 def load_catalogue(spec: str | Path) -> Catalogue:
     text = str(spec)
     path = Path(text)
-    if path.suffix == ".json":
+    suffix = path.suffix.lower()
+    if suffix == ".json":
         if not path.is_file():
             raise CatalogueError(f"{path}: no such tools file")
         return Catalogue.from_json(path.read_text(encoding="utf-8"), where=str(path))
-    if path.suffix == ".py":
+    if suffix == ".py":
         if not path.is_file():
             raise CatalogueError(f"{path}: no such tools module")
         return catalogue_from_module(_import_file(path), str(path))
+    if isinstance(spec, Path) or path.is_file() or any(sep in text for sep in _SEPARATORS):
+        problem = f"unknown tools file type {path.suffix!r}" if path.is_file() else "no such tools file"
+        raise CatalogueError(
+            f"{text}: {problem}; a tools file ends in .json (OpenAI tools JSON) or .py (Python)"
+        )
+    if not _MODULE_SPEC.fullmatch(text):
+        raise CatalogueError(
+            f"{text}: not a tools spec; give a .json or .py file, or a module as package.module[:NAME]"
+        )
     module_name, _, attribute = text.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -22,8 +22,8 @@ from pydantic import (
     create_model,
 )
 
-from .catalogue import ToolSpec
 from .schema import Schema, json_type_of
+from .tool import ToolSpec
 
 _FORMAT_SHAPES = {
     "date": re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII),

@@ -4,19 +4,46 @@ All three ways of declaring a tool (Pydantic model, typed function, OpenAI JSON)
 `normalize_parameters`, so they end up as the same dict: `$ref`/`$defs` inlined, titles dropped,
 `oneOf` read as `anyOf`, a non-required `X | None = None` field read as an optional `X`, and keys
 in one fixed order. Whatever the grammar could not enforce is refused here with a `SchemaError`.
+
+Inlining `$ref`s can grow a small schema exponentially (each level referring to the next twice),
+and tool schemas arrive in request bodies, so normalisation is bounded: a `SchemaBudget` caps the
+nodes a whole catalogue may normalise into (an inlined `$ref` costs its full size each time it is
+used, though it is only worked out once) and `MAX_SCHEMA_DEPTH` caps nesting, so a crafted schema
+is refused in milliseconds instead of stalling the process or ending in a `RecursionError`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import reprlib
 from typing import Any
 
 from .errors import SchemaError
-from .patterns import PatternError, pattern_gbnf
+from .patterns import PatternError, check_pattern
 
 JsonValue = Any
 Schema = dict[str, Any]
+
+# Nodes (schemas, properties, branches, enum values) one catalogue may normalise into. Real tool
+# catalogues use a few hundred; this leaves two orders of magnitude while bounding the work.
+MAX_SCHEMA_NODES = 20_000
+# Nested schemas, counting each $ref hop, allOf and anyOf as a level. Real schemas nest < 10.
+MAX_SCHEMA_DEPTH = 64
+
+
+class SchemaBudget:
+    """The schema nodes a catalogue may still normalise into; shared by all its tools."""
+
+    def __init__(self, nodes: int = MAX_SCHEMA_NODES) -> None:
+        self.limit = nodes
+        self.spent = 0
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.spent
+
 
 SUPPORTED_FORMATS = ("date", "date-time", "time")
 
@@ -58,7 +85,8 @@ _GENERAL = frozenset(
         "definitions",
     }
 )
-_KNOWN = _GENERAL | _ANNOTATIONS | frozenset().union(*_TYPE_KEYWORDS.values())
+_TYPED = frozenset().union(*_TYPE_KEYWORDS.values())
+_KNOWN = _GENERAL | _ANNOTATIONS | _TYPED
 
 # Output key order: a normalised schema is hashed, so the same meaning must give the same bytes.
 _KEY_ORDER = (
@@ -82,6 +110,23 @@ _KEY_ORDER = (
     "anyOf",
     "default",
 )
+
+
+# Sorted keys, so that equal text means equal schemas as dicts compare (which ignores key order).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, default=repr)
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist, _SHOW.maxdict = 3, 60, 60, 6, 6
+
+
+def _show(value: Any) -> str:
+    """A short repr for an error message: a hostile value may be huge or nested too deep for repr()."""
+    return _SHOW.repr(value)
+
+
+def _salient_keyword(node: Schema) -> str:
+    """The keyword to blame for a node too big or too deep: what makes it grow."""
+    return next((k for k in ("$ref", "allOf", "anyOf", "oneOf", "items", "properties") if k in node), "type")
 
 
 def _ordered(schema: Schema) -> Schema:
@@ -111,8 +156,15 @@ def _fits_type(value: JsonValue, type_name: str) -> bool:
 
 
 class _Normalizer:
-    def __init__(self, tool: str, root: Schema) -> None:
+    def __init__(self, tool: str, root: Schema, budget: SchemaBudget) -> None:
         self.tool = tool
+        self.budget = budget
+        self.depth = 0
+        self.deepest = 0  # the deepest level the current normalisation has reached
+        # Results by input node: a `$defs` entry used N times is worked out once. Keyed by id(),
+        # holding the node itself so that the id stays its own: (node, result, size, height).
+        self.done: dict[int, tuple[Schema, Schema, int, int]] = {}
+        self.keys: dict[int, tuple[Schema, str]] = {}  # canonical text by result, the same way
         self.defs: dict[str, Schema] = {}
         for key in ("$defs", "definitions"):
             defs = root.get(key, {})
@@ -124,16 +176,55 @@ class _Normalizer:
     def error(self, field: str, keyword: str, detail: str) -> SchemaError:
         return SchemaError(self.tool, field, keyword, detail)
 
+    def spend(self, nodes: int, field: str, node: Schema) -> None:
+        self.budget.spent += nodes
+        if self.budget.spent > self.budget.limit:
+            raise self.error(
+                field,
+                _salient_keyword(node),
+                f"the catalogue's schemas grow past {self.budget.limit:,} nodes once $refs are "
+                "inlined; simplify them",
+            )
+
     def normalize(self, node: Any, field: str) -> Schema:
         if not isinstance(node, dict):
-            raise self.error(field, "schema", f"expected a schema object, got {node!r}")
+            raise self.error(field, "schema", f"expected a schema object, got {_show(node)}")
+        if (done := self.done.get(id(node))) is not None and done[0] is node:
+            _, result, size, height = done
+            self.spend(size, field, node)
+            self._enter(self.depth + height, field, node)
+            return result
+        spent, outer_deepest = self.budget.spent, self.deepest
+        self.depth += 1
+        self.deepest = self.depth
+        try:
+            self._enter(self.depth, field, node)
+            self.spend(1, field, node)
+            result = self._normalize(node, field)
+        finally:
+            self.depth -= 1
+        height = self.deepest - self.depth
+        self.deepest = max(outer_deepest, self.deepest)
+        self.done[id(node)] = (node, result, self.budget.spent - spent, height)
+        return result
+
+    def _enter(self, level: int, field: str, node: Schema) -> None:
+        """Note that normalisation (or a reused result) reaches `level`; refuse it past the limit."""
+        if level > self.deepest:
+            self.deepest = level
+        if level > MAX_SCHEMA_DEPTH:
+            raise self.error(
+                field, _salient_keyword(node), f"schemas nest more than {MAX_SCHEMA_DEPTH} levels deep"
+            )
+
+    def _normalize(self, node: Schema, field: str) -> Schema:
         if "$ref" in node:
             return self._follow_ref(node, field)
         if "allOf" in node:
             return self._merge_all_of(node, field)
-        unknown = sorted(set(node) - _KNOWN)
+        unknown = node.keys() - _KNOWN
         if unknown:
-            raise self.error(field, unknown[0], "is not in the supported JSON Schema subset")
+            raise self.error(field, sorted(unknown)[0], "is not in the supported JSON Schema subset")
         if "anyOf" in node or "oneOf" in node:
             return self._union(node, field)
         type_name = node.get("type")
@@ -141,9 +232,9 @@ class _Normalizer:
             return self._type_list(node, type_name, field)
         if type_name is None:
             type_name = self._infer_type(node, field)
-        if type_name not in _TYPE_KEYWORDS:
-            raise self.error(field, "type", f"unsupported type {type_name!r}")
-        for keyword in sorted(set(node) & (_KNOWN - _GENERAL - _ANNOTATIONS)):
+        if not isinstance(type_name, str) or type_name not in _TYPE_KEYWORDS:  # {} is unhashable
+            raise self.error(field, "type", f"unsupported type {_show(type_name)}")
+        for keyword in sorted(node.keys() & _TYPED):
             if keyword not in _TYPE_KEYWORDS[type_name]:
                 raise self.error(field, keyword, f"does not apply to type '{type_name}'")
         out: Schema = {"type": type_name}
@@ -160,9 +251,9 @@ class _Normalizer:
     def _follow_ref(self, node: Schema, field: str) -> Schema:
         ref = node["$ref"]
         if ref not in self.defs:
-            raise self.error(field, "$ref", f"cannot resolve {ref!r} (only local #/$defs refs)")
+            raise self.error(field, "$ref", f"cannot resolve {_show(ref)} (only local #/$defs refs)")
         if ref in self.ref_stack:
-            raise self.error(field, "$ref", f"recursive reference {ref!r} is not supported")
+            raise self.error(field, "$ref", f"recursive reference {_show(ref)} is not supported")
         self.ref_stack.append(ref)
         try:
             merged = {**self.defs[ref], **{k: v for k, v in node.items() if k != "$ref"}}
@@ -187,18 +278,19 @@ class _Normalizer:
         branches_raw = node[keyword]
         if not isinstance(branches_raw, list) or not branches_raw:
             raise self.error(field, keyword, "must be a non-empty list of schemas")
-        branches: list[Schema] = []
+        self._fits(len(branches_raw), field, keyword)
+        # Keyed by text: a hash lookup per branch, where comparing with every kept branch was quadratic.
+        branches: dict[str, Schema] = {}
         for branch in branches_raw:
             normalized = self.normalize(branch, field)
             for piece in normalized.get("anyOf", [normalized]):
-                if piece not in branches:
-                    branches.append(piece)
+                branches.setdefault(self._key(piece), piece)
         out: Schema = {}
         self._copy_description(node, out, field)
         if len(branches) == 1:
-            out = {**branches[0], **out}
+            out = {**next(iter(branches.values())), **out}
         else:
-            out["anyOf"] = branches
+            out["anyOf"] = list(branches.values())
         if "default" in node:
             out["default"] = node["default"]
         return _ordered(out)
@@ -209,7 +301,7 @@ class _Normalizer:
         branches = []
         for type_name in types:
             if type_name not in _TYPE_KEYWORDS:
-                raise self.error(field, "type", f"unsupported type {type_name!r}")
+                raise self.error(field, "type", f"unsupported type {_show(type_name)}")
             own = _TYPE_KEYWORDS[type_name]
             branch = {
                 k: v
@@ -235,10 +327,29 @@ class _Normalizer:
         if kinds == {"integer", "number"}:
             kinds = {"number"}
         if len(kinds) != 1 or None in kinds:
-            raise self.error(field, "enum", f"values must share one scalar type, got {values!r}")
+            raise self.error(field, "enum", f"values must share one scalar type, got {_show(values)}")
         return kinds.pop()  # type: ignore[return-value]
 
     # -- shared pieces ---------------------------------------------------------------------
+
+    def _key(self, schema: Schema) -> str:
+        """Canonical text of a normalised schema, for de-duplication by hashing."""
+        known = self.keys.get(id(schema))
+        if known is not None and known[0] is schema:
+            return known[1]
+        text = _CANONICAL_JSON.encode(schema)
+        self.keys[id(schema)] = (schema, text)
+        return text
+
+    def _fits(self, count: int, field: str, keyword: str) -> None:
+        """Refuse a list of `count` schemas at once when it cannot fit in what is left."""
+        if count > self.budget.left:
+            raise self.error(
+                field,
+                keyword,
+                f"{count:,} entries do not fit in the catalogue's limit of "
+                f"{self.budget.limit:,} schema nodes",
+            )
 
     def _copy_description(self, node: Schema, out: Schema, field: str) -> None:
         if "description" in node:
@@ -254,15 +365,17 @@ class _Normalizer:
             values = node["enum"]
             if not isinstance(values, list) or not values:
                 raise self.error(field, "enum", "must be a non-empty list")
+            self._fits(len(values), field, "enum")
+            self.spend(len(values), field, node)
             for value in values:
                 if not _fits_type(value, type_name):
-                    raise self.error(field, "enum", f"value {value!r} is not of type '{type_name}'")
+                    raise self.error(field, "enum", f"value {_show(value)} is not of type '{type_name}'")
             if len({repr(v) for v in values}) != len(values):
                 raise self.error(field, "enum", "values must be unique")
             out["enum"] = list(values)
         if "const" in node:
             if not _fits_type(node["const"], type_name):
-                raise self.error(field, "const", f"value {node['const']!r} is not of type '{type_name}'")
+                raise self.error(field, "const", f"value {_show(node['const'])} is not of type '{type_name}'")
             out["const"] = node["const"]
 
     def _non_negative_int(self, node: Schema, keyword: str, field: str) -> int | None:
@@ -270,7 +383,7 @@ class _Normalizer:
             return None
         value = node[keyword]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.error(field, keyword, f"must be a non-negative integer, got {value!r}")
+            raise self.error(field, keyword, f"must be a non-negative integer, got {_show(value)}")
         return value
 
     # -- per type ---------------------------------------------------------------------------
@@ -281,7 +394,8 @@ class _Normalizer:
                 raise self.error(
                     field,
                     "format",
-                    f"format {node['format']!r} is not supported (supported: {', '.join(SUPPORTED_FORMATS)})",
+                    f"format {_show(node['format'])} is not supported "
+                    f"(supported: {', '.join(SUPPORTED_FORMATS)})",
                 )
             out["format"] = node["format"]
         if "pattern" in node:
@@ -289,8 +403,8 @@ class _Normalizer:
             if not isinstance(pattern, str):
                 raise self.error(field, "pattern", "must be a string")
             try:
+                check_pattern(pattern)  # first: it refuses nesting too deep for re.compile
                 re.compile(pattern)
-                pattern_gbnf(pattern, "char", 1)
             except re.error as exc:
                 raise self.error(field, "pattern", f"invalid regular expression: {exc}") from None
             except PatternError as exc:
@@ -328,7 +442,7 @@ class _Normalizer:
                 continue
             value = node[keyword]
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise self.error(field, keyword, f"must be a finite number, got {value!r}")
+                raise self.error(field, keyword, f"must be a finite number, got {_show(value)}")
             bounds[keyword] = value
         if integer:
             # An integer bound is exact once made inclusive; Pydantic's gt=0 becomes minimum 1.
@@ -350,7 +464,7 @@ class _Normalizer:
                 raise self.error(
                     field,
                     keyword,
-                    f"number bound {value!r} is not a whole number; the grammar enforces number bounds "
+                    f"number bound {_show(value)} is not a whole number; the grammar enforces number bounds "
                     "only at whole numbers (use an integer field, or scale the unit)",
                 )
             out[keyword] = int(value)
@@ -408,6 +522,7 @@ class _Normalizer:
         properties = node.get("properties", {})
         if not isinstance(properties, dict):
             raise self.error(field, "properties", "must be an object mapping names to schemas")
+        self._fits(len(properties), field, "properties")
         required = node.get("required", [])
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise self.error(field, "required", "must be a list of property names")
@@ -440,15 +555,18 @@ def _drop_optional_null(schema: Schema) -> Schema:
     return _ordered({**rest, "anyOf": branches})
 
 
-def normalize_parameters(tool: str, parameters: Any) -> Schema:
-    """Normalise a tool's `parameters` schema (an object schema) or raise `SchemaError`."""
+def normalize_parameters(tool: str, parameters: Any, budget: SchemaBudget | None = None) -> Schema:
+    """Normalise a tool's `parameters` schema (an object schema) or raise `SchemaError`.
+
+    `budget` is shared by the tools of one catalogue; without one the tool gets a budget of its own.
+    """
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
-        raise SchemaError(tool, "", "parameters", f"must be an object schema, got {parameters!r}")
+        raise SchemaError(tool, "", "parameters", f"must be an object schema, got {_show(parameters)}")
     if parameters.get("type", "object") != "object":
         raise SchemaError(tool, "", "type", "a tool's parameters must be of type 'object'")
     body = {k: v for k, v in parameters.items() if k not in ("$defs", "definitions")}
     body["type"] = "object"
-    normalizer = _Normalizer(tool, parameters)
+    normalizer = _Normalizer(tool, parameters, budget or SchemaBudget())
     return normalizer.normalize(body, "")

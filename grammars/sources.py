@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .catalogue import ToolSpec, validate_tool_name
 from .errors import CatalogueError
-from .schema import normalize_parameters
+from .schema import SchemaBudget, normalize_parameters
+from .tool import ToolSpec, validate_tool_name
 
 
 def snake_case(name: str) -> str:
@@ -27,34 +27,39 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
-def tool_from_any(item: Any, where: str) -> tuple[ToolSpec, Any]:
-    """One tool from a model class, a function or an OpenAI dict; returns (spec, source)."""
+def tool_from_any(item: Any, where: str, budget: SchemaBudget | None = None) -> tuple[ToolSpec, Any]:
+    """One tool from a model class, a function or an OpenAI dict; returns (spec, source).
+
+    `budget` bounds the schema nodes of a whole catalogue (see `schema.SchemaBudget`).
+    """
     if isinstance(item, type) and issubclass(item, BaseModel):
-        return tool_from_model(item), item
+        return tool_from_model(item, budget), item
     if isinstance(item, dict):
-        return _spec_from_function_json(_unwrap_tool(item, where), where), None
+        return _spec_from_function_json(_unwrap_tool(item, where), where, budget), None
     if inspect.isfunction(item) or inspect.ismethod(item) or inspect.isbuiltin(item):
         model = function_arguments_model(item)
-        return _spec(item.__name__, _docstring_summary(item), model, where), item
+        return _spec(item.__name__, _docstring_summary(item), model, where, budget), item
     raise CatalogueError(
         f"{where}: {item!r} is not a Pydantic model class, a typed function or an OpenAI tool dict"
     )
 
 
-def tool_from_model(model: type[BaseModel]) -> ToolSpec:
+def tool_from_model(model: type[BaseModel], budget: SchemaBudget | None = None) -> ToolSpec:
     name = model.model_config.get("title") or snake_case(model.__name__)
     schema = model.model_json_schema()
-    return _spec(name, schema.get("description", ""), model, f"model {model.__name__}")
+    return _spec(name, schema.get("description", ""), model, f"model {model.__name__}", budget)
 
 
-def _spec(name: str, description: str, model: type[BaseModel], where: str) -> ToolSpec:
+def _spec(
+    name: str, description: str, model: type[BaseModel], where: str, budget: SchemaBudget | None
+) -> ToolSpec:
     validate_tool_name(name, where)
     schema = model.model_json_schema()
     schema.pop("description", None)
     return ToolSpec(
         name=name,
         description=(description or "").strip(),
-        parameters=normalize_parameters(name, schema),
+        parameters=normalize_parameters(name, schema, budget),
     )
 
 
@@ -179,7 +184,7 @@ def _unwrap_tool(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {"__where__": where, **item}
 
 
-def _spec_from_function_json(item: dict[str, Any], where: str) -> ToolSpec:
+def _spec_from_function_json(item: dict[str, Any], where: str, budget: SchemaBudget | None) -> ToolSpec:
     where = item.pop("__where__", where)
     try:
         function = _FunctionJson.model_validate(item)
@@ -189,7 +194,7 @@ def _spec_from_function_json(item: dict[str, Any], where: str) -> ToolSpec:
     return ToolSpec(
         name=function.name,
         description=function.description.strip(),
-        parameters=normalize_parameters(function.name, function.parameters),
+        parameters=normalize_parameters(function.name, function.parameters, budget),
     )
 
 
@@ -202,9 +207,10 @@ def specs_from_openai(data: Any, where: str) -> list[ToolSpec]:
     if not isinstance(data, list):
         raise CatalogueError(f"{where}: expected a list of tools, got {type(data).__name__}")
     specs = []
+    budget = SchemaBudget()
     for index, item in enumerate(data):
         item_where = f"{where}[{index}]"
         if not isinstance(item, dict):
-            raise CatalogueError(f"{item_where}: expected a tool object, got {item!r}")
-        specs.append(_spec_from_function_json(_unwrap_tool(item, item_where), item_where))
+            raise CatalogueError(f"{item_where}: expected a tool object, got {type(item).__name__}")
+        specs.append(_spec_from_function_json(_unwrap_tool(item, item_where), item_where, budget))
     return specs

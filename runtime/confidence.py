@@ -29,7 +29,6 @@ import numpy as np
 from .decoding import Context, Matcher, Vocabulary
 
 DECISION = b'{"tool":"'
-_QUOTE = ord('"')
 MIN_EXPANDED = 1e-5  # ambiguous tokens less likely than this are not followed
 MAX_BRANCHES = 32  # ambiguous tokens followed per level (the most probable ones)
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import llama_cpp
 import numpy as np
 
-from toolroute.grammars.engine import GrammarMatcher, Utf8Tracker, utf8_pending
+from .grammar_engine import GrammarMatcher, Utf8Tracker, utf8_pending
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

@@ -21,6 +21,21 @@ class RequestTooLongError(RouteInputError):
     pass
 
 
+class RouterBusyError(RuntimeError):
+    """No context was free within the caller's limits (`reason`: "queue_full" or "timeout").
+
+    Not a RouteInputError: the request is fine, the router is busy; a server answers 503.
+    """
+
+    def __init__(self, message: str, reason: Literal["queue_full", "timeout"]) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class WaitCancelledError(RuntimeError):
+    """The caller withdrew a request (its client went away) while it waited for a context."""
+
+
 class RunnerUp(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -67,10 +82,6 @@ class RouteResult(BaseModel):
         if self.no_tool is not None:
             return self.no_tool.tool
         return None
-
-    @property
-    def dispatchable(self) -> bool:
-        return self.kind == "call"
 
     @field_serializer("call")
     def _dump_call(self, call: ToolCall | None) -> dict[str, Any] | None:

@@ -47,10 +47,12 @@ room the request is refused (`RequestTooLongError`) before anything runs.
 
 Thread safety: a router owns a pool of `n_contexts` llama.cpp contexts over one shared copy of
 the weights; `route` takes a whole context for the request (a queue, so with the default of one
-context it is a lock around it). A request's result depends only on the request (the prefix
-state is the one computed at load, and the request is evaluated in the same batches whatever
-ran before), so concurrent routes give exactly the sequential results, in any pool size.
-Measured with 4 client threads on a shared 2-core machine (`bench/runtime_latency.py --contexts`,
+context it is a lock around it; `wait=WaitLimits(...)` bounds the wait and lets a caller
+withdraw, as the server does for a client that left). A request's result depends only on the
+request (the prefix state is the one computed at load, and the request is evaluated in the same
+batches whatever ran before), so concurrent routes give exactly the sequential results, in any
+pool size.
+Measured with 4 client threads on a shared 2-core machine (`python -m toolroute.bench.latency --contexts`,
 customer-support eval set): 1 context x 1 thread 1.91 requests/s, 1 context x 2 threads 1.67,
 2 contexts x 1 thread 1.95 (+64 MB RSS for the second KV cache). A single-token decode of a
 135M model is memory-bound, so a second context buys nothing on 2 cores; one context is the
@@ -60,7 +62,6 @@ default and the pool is there for machines with cores to spare.
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -70,18 +71,21 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+from jinja2 import TemplateError
 from llama_cpp import Llama
 from pydantic import ValidationError
 
-from toolroute.grammars import NO_TOOL, Catalogue, CatalogueError, NoTool, ToolCall, catalogue_gbnf, make_call
-from toolroute.grammars.engine import GrammarLoadError, Utf8Tracker
+from toolroute.grammars import NO_TOOL, Catalogue, NoTool, ToolCall, catalogue_gbnf, make_call
+from toolroute.grammars.output_bound import completion_token_budget
 
-from .chat import ChatTemplate, RouterPrompt, Turn
+from .chat_template import ChatTemplate, ChatTemplateError, RouterPrompt, Turn
 from .confidence import DECISION, MAX_BRANCHES, NameScorer
+from .context_pool import ContextPool, WaitLimits
 from .decoding import Context, Matcher, Vocabulary, forced_bytes, pick_greedy
 from .dispatch import DispatchResult, Registry
-from .limits import gbnf_max_bytes
-from .prompting import PromptTokenizer, common_prefix
+from .grammar_engine import GrammarLoadError, Utf8Tracker
+from .lru import LruCache
+from .prompt_tokens import PromptTokenizer, common_prefix
 from .results import (
     EmptyRequestError,
     RequestTooLongError,
@@ -89,18 +93,20 @@ from .results import (
     RouteResult,
     RunnerUp,
 )
-from .router_file import RouterFileError, RouterMetadata
+from .router_file import PREFIX as ROUTER_PREFIX
+from .router_file import TEMPLATE_KEY, RouterFile, RouterFileError, RouterMetadata, read_router_file
 
 PREFIX_SEQ = 0  # the cached prompt prefix, filled once per context
 WORK_SEQ = 1  # the request being routed
 FIRST_BRANCH_SEQ = 2  # one per tool name while scoring confidence
 DEFAULT_N_CTX = 4096
-# A grammar without a finite bound (never one toolroute writes) gets this completion cap.
-FALLBACK_COMPLETION_TOKENS = 1024
 # Below this much room for the output a request is refused rather than routed with a cap (a
 # router call is tens of tokens; hundreds leave room for long free-text arguments).
 MIN_COMPLETION_TOKENS = 256
 N_BATCH = 512
+# Grammars (and, per context, parsed llama.cpp matchers) kept for distinct `tools` subsets: a
+# client choosing subsets must not grow the process without bound; one more is rebuilt in milliseconds.
+MAX_CACHED_GRAMMARS = 32
 
 HistoryItem = Turn | Mapping[str, str]
 
@@ -128,7 +134,7 @@ class _Slot:
     def __init__(self, router: Router, n_threads: int) -> None:
         self.context = Context(router._llama, router.n_ctx, N_BATCH, router._n_seq_max, n_threads)
         self._llama = router._llama
-        self._matchers: dict[str, Matcher] = {}
+        self._matchers: LruCache[str, Matcher] = LruCache(MAX_CACHED_GRAMMARS, on_evict=Matcher.close)
         self.prefix = router._prompts.prefix if router.cache_prefix else []
         if self.prefix:
             self.context.extend(self.prefix, PREFIX_SEQ, 0)
@@ -137,13 +143,12 @@ class _Slot:
         """A fresh matcher for `grammar` (a clone: the GBNF is parsed once per context)."""
         pristine = self._matchers.get(grammar.gbnf)
         if pristine is None:
-            pristine = self._matchers[grammar.gbnf] = Matcher(self._llama, grammar.gbnf)
+            pristine = Matcher(self._llama, grammar.gbnf)
+            self._matchers.put(grammar.gbnf, pristine)
         return pristine.clone()
 
     def close(self) -> None:
-        for matcher in self._matchers.values():
-            matcher.close()
-        self._matchers.clear()
+        self._matchers.clear()  # closes each matcher
         self.context.close()
 
 
@@ -194,7 +199,7 @@ class Router:
         template = ChatTemplate(template=metadata.chat_template, bos_token=bos, eos_token=eos)
         self.prompt = RouterPrompt(chat_template=template, system_prompt=metadata.system_prompt)
         self._prompts = PromptTokenizer(self.prompt, self.vocabulary)
-        self._grammars: dict[frozenset[str] | None, _Grammar] = {}
+        self._grammars: LruCache[frozenset[str] | None, _Grammar] = LruCache(MAX_CACHED_GRAMMARS)
         self._grammar_lock = threading.Lock()
         full = self._grammar(None)
         # Branch sequences: one to teacher-force `{"tool":"` if an output steps over it, and two
@@ -202,16 +207,14 @@ class Router:
         branches = 1 + (2 * MAX_BRANCHES if full.scorer.max_levels else 0)
         self._n_seq_max = min(FIRST_BRANCH_SEQ + branches, llama_cpp.llama_max_parallel_sequences())
         self._registry = Registry(catalogue)
-        self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all_slots: list[_Slot] = []
         try:
             for _ in range(n_contexts):
-                slot = _Slot(self, self.n_threads)
-                self._all_slots.append(slot)
-                self._slots.put(slot)
+                self._all_slots.append(_Slot(self, self.n_threads))
         except BaseException:
             self.close()
             raise
+        self._slots: ContextPool[_Slot] = ContextPool(self._all_slots)
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -238,21 +241,22 @@ class Router:
         where = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"{where}: no such router file")
+        # Every check runs on the file's header before llama.cpp opens the file: llama-cpp-python
+        # compiles the file's chat templates as it opens it, and a grammar must never reach
+        # llama.cpp's parser unchecked (see router_file.py).
+        router_file = read_router_file(where)
         threads = n_threads or _default_threads(n_contexts)
         # The Llama object owns the weights (and the vocabulary); the router runs its own contexts
         # over them, so Llama's own context is kept minimal.
         llama = Llama(where, n_ctx=64, n_batch=8, n_ubatch=8, n_threads=threads, verbose=False)
         try:
-            metadata = RouterMetadata.from_kv(llama.metadata, where=where)
-            try:
-                catalogue = metadata.load_catalogue()
-            except CatalogueError as exc:
-                raise RouterFileError(f"{where}: the embedded catalogue does not load: {exc}") from None
+            _check_same_metadata(llama.metadata, router_file)
+            catalogue = router_file.catalogue
             if tools is not None:
                 catalogue = _match_tools(tools, catalogue, where)
             return cls(
                 llama,
-                metadata,
+                router_file.metadata,
                 catalogue,
                 path=where,
                 n_threads=threads,
@@ -267,6 +271,11 @@ class Router:
             llama.close()
             raise RouterFileError(
                 f"{where}: the embedded grammar does not load in llama.cpp: {exc}"
+            ) from None
+        except ChatTemplateError as exc:
+            llama.close()
+            raise RouterFileError(
+                f"{where}: the chat template fails on the router's own prompt: {exc}"
             ) from None
         except BaseException:
             llama.close()
@@ -304,13 +313,12 @@ class Router:
                         raise RouteInputError(f"tools not in the router's catalogue: {', '.join(unknown)}")
                     subset = self.catalogue.subset(n for n in self.catalogue.names if n in key)
                     gbnf, names = catalogue_gbnf(subset, self.metadata.options), subset.names
-                bound = gbnf_max_bytes(gbnf)
-                limit = FALLBACK_COMPLETION_TOKENS if bound is None else bound + 1
+                limit = completion_token_budget(gbnf)
                 if self._max_completion_tokens is not None:
                     limit = min(limit, self._max_completion_tokens)
                 names = [*names, NO_TOOL]
                 grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
-                self._grammars[key] = grammar
+                self._grammars.put(key, grammar)
             return grammar
 
     @property
@@ -341,7 +349,15 @@ class Router:
         if not request:
             raise EmptyRequestError("empty request: there is nothing to route")
         grammar = self._grammar(tools)
-        tokens = self._prompts.tokens(request, self._turns(history))
+        turns = self._turns(history)
+        try:
+            tokens = self._prompts.tokens(request, turns)
+        except RouteInputError:
+            raise  # already says what the template refused (chat.ChatTemplateError)
+        except (ValueError, TemplateError) as exc:
+            # The conversation, not the server, is at fault: the chat template refuses it
+            # (`raise_exception`, e.g. roles that do not alternate) or alters special-token text.
+            raise RouteInputError(f"the chat template cannot render this conversation: {exc}") from None
         prefix = self._prompts.prefix if self.cache_prefix else []
         cached = min(common_prefix([tokens, prefix]), len(tokens) - 1) if prefix else 0
         self.completion_budget(len(tokens), cached, grammar)  # raises when the request does not fit
@@ -368,22 +384,31 @@ class Router:
             )
         return min(grammar.max_tokens, room)
 
+    @property
+    def contexts(self) -> ContextPool[Any]:
+        """The pool of contexts requests wait for (`waiting`, `wake()`; `acquire` holds one)."""
+        return self._slots
+
     def route(
-        self, text: str, history: Sequence[HistoryItem] | None = None, *, tools: Iterable[str] | None = None
+        self,
+        text: str,
+        history: Sequence[HistoryItem] | None = None,
+        *,
+        tools: Iterable[str] | None = None,
+        wait: WaitLimits | None = None,
     ) -> RouteResult:
         """Route one request. `history`: earlier turns ({role, content}, user/assistant/tool).
 
         `tools` restricts the choice to some of the catalogue's tools (the grammar is narrowed;
-        the prompt stays the one the router was trained with).
+        the prompt stays the one the router was trained with). `wait` bounds the wait for a free
+        context (`RouterBusyError`) and lets the caller withdraw (`WaitCancelledError`); by
+        default a request waits as long as it takes.
         """
         start = time.perf_counter()
         tokens, cached, grammar = self.prepare(text, history, tools)
         budget = self.completion_budget(len(tokens), cached, grammar)
-        slot = self._slots.get()
-        try:
+        with self._slots.acquire(wait) as slot:
             generation = self._generate(slot, tokens, cached, grammar, budget)
-        finally:
-            self._slots.put(slot)
         return self._result(generation, grammar, tokens, cached, start)
 
     def route_many(
@@ -566,6 +591,16 @@ class Router:
     def dispatch(self, result: RouteResult | ToolCall | NoTool) -> DispatchResult:
         """Run a routed call's function; see `Registry.dispatch`. Never raises for a tool's error."""
         return self._registry.dispatch(result)
+
+
+def _check_same_metadata(loaded: Mapping[str, str], checked: RouterFile) -> None:
+    """llama.cpp must read the values that were checked (two GGUF readers must never disagree)."""
+    keys = {key for key in [*loaded, *checked.kv] if key.startswith((ROUTER_PREFIX, TEMPLATE_KEY))}
+    if differing := sorted(key for key in keys if loaded.get(key) != checked.kv.get(key)):
+        raise RouterFileError(
+            f"{checked.path}: llama.cpp reads {', '.join(differing)} differently from the file's header "
+            "(a NUL byte in the text?): refused"
+        )
 
 
 def _match_tools(tools: Any, embedded: Catalogue, where: str) -> Catalogue:

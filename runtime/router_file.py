@@ -4,20 +4,51 @@ One file is the whole router: the catalogue (and its hash), the prompt mode and 
 prompt the model was trained with, the GBNF grammar, the chat template, the base's identity, the
 training manifest's hash and, once an evaluation picked one, the confidence threshold. Every value
 is a GGUF string so that llama.cpp (`Llama.metadata`) reads it without the `gguf` package.
+
+A router file may come from anyone, so nothing in it is trusted as is (`RouterMetadata.from_kv`):
+every field has a size cap; the grammar toolroute decodes with is regenerated from the catalogue
+and grammar options, so no crafted grammar ever reaches llama.cpp's parser (20,000 nested
+parentheses crashed it), and a file exported before a change to the grammar generator still loads
+(the embedded copy serves stock llama.cpp users; `RouterFile.embedded_grammar_matches` and
+`toolroute inspect` say whether it is the current one); the chat templates (`toolroute.chat_template` and the
+`tokenizer.chat_template*` that llama-cpp-python compiles on load) must compile in the bounded
+sandbox and hold no constant expression Jinja would evaluate unbounded while compiling.
+`read_router_file` does all this from the file's header, before llama.cpp opens the file.
+
+Versioning: `RouterMetadata` is the one definition of the fields and `FORMAT_VERSION` their
+version. A later field comes with a default and a bumped version; a file of an older version
+loads with the defaults, a file of a newer version is refused with a clear message.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from jinja2 import TemplateError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from toolroute.grammars import Catalogue, GrammarOptions
+from toolroute.grammars import Catalogue, CatalogueError, GrammarOptions, SchemaError
+
+from .bounded_json import JsonInputError, loads_bounded
+from .gguf_header import GgufHeaderError, read_gguf_metadata
+from .template_sandbox import TemplateLimitError, check_template
 
 FORMAT_VERSION = 1
 PREFIX = "toolroute."
+TEMPLATE_KEY = "tokenizer.chat_template"  # llama-cpp-python also compiles every `TEMPLATE_KEY.*`
+
+# Size caps, in characters. The largest real values: HWU64's 54 tools are a 46 KB catalogue, a
+# 111 KB grammar and a 36 KB system prompt in full mode; chat templates run to ~20 KB.
+MAX_CATALOGUE = 1 << 20
+MAX_GRAMMAR = 1 << 22
+MAX_SYSTEM_PROMPT = 1 << 20
+MAX_CHAT_TEMPLATE = 1 << 18
+MAX_SMALL_FIELD = 1 << 12  # hashes, names, options and the base's identity
+
+_Small = Annotated[str, Field(max_length=MAX_SMALL_FIELD)]
 
 
 class RouterFileError(ValueError):
@@ -27,18 +58,19 @@ class RouterFileError(ValueError):
 class RouterMetadata(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    format_version: int = FORMAT_VERSION
-    catalogue: str  # the catalogue as compact OpenAI tools JSON (Catalogue.to_json)
-    catalogue_sha256: str
-    prompt_mode: str
-    system_prompt: str
-    grammar: str
-    grammar_options: str  # GrammarOptions as JSON
-    chat_template: str
-    completion_suffix: str
-    base: str  # the base model's identity as JSON
-    manifest_sha256: str
-    min_confidence: str | None = None  # a decimal, once an evaluation picked a threshold
+    format_version: int = Field(FORMAT_VERSION, ge=1)
+    # the catalogue as compact OpenAI tools JSON (Catalogue.to_json)
+    catalogue: Annotated[str, Field(max_length=MAX_CATALOGUE)]
+    catalogue_sha256: _Small
+    prompt_mode: _Small
+    system_prompt: Annotated[str, Field(max_length=MAX_SYSTEM_PROMPT)]
+    grammar: Annotated[str, Field(max_length=MAX_GRAMMAR)]
+    grammar_options: _Small  # GrammarOptions as JSON
+    chat_template: Annotated[str, Field(max_length=MAX_CHAT_TEMPLATE)]
+    completion_suffix: _Small
+    base: _Small  # the base model's identity as JSON
+    manifest_sha256: _Small
+    min_confidence: _Small | None = None  # a decimal, once an evaluation picked a threshold
 
     @classmethod
     def build(
@@ -77,30 +109,125 @@ class RouterMetadata(BaseModel):
 
     @classmethod
     def from_kv(cls, kv: dict[str, Any], where: str = "router file") -> RouterMetadata:
-        fields = {key.removeprefix(PREFIX): value for key, value in kv.items() if key.startswith(PREFIX)}
-        if not fields:
-            raise RouterFileError(f"{where}: no toolroute.* metadata: not a router exported by toolroute")
-        try:
-            metadata = cls(**{key: str(value) for key, value in fields.items()})
-        except ValidationError as exc:
-            problems = "; ".join(f"{PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise RouterFileError(f"{where}: invalid router metadata: {problems}") from None
-        if int(metadata.format_version) > FORMAT_VERSION:
-            raise RouterFileError(
-                f"{where}: router format {metadata.format_version} is newer than this toolroute"
-            )
-        actual = hashlib.sha256(metadata.catalogue.encode("utf-8")).hexdigest()
-        if actual != metadata.catalogue_sha256:
-            raise RouterFileError(f"{where}: the catalogue does not match its hash (file damaged or edited)")
-        return metadata
+        """The metadata of a GGUF's key-values, with every check in the module docstring."""
+        return validate_router_kv(kv, where).metadata
 
     def load_catalogue(self) -> Catalogue:
         return Catalogue.from_json(self.catalogue, where="toolroute.catalogue")
 
     @property
     def options(self) -> GrammarOptions:
-        return GrammarOptions.model_validate(json.loads(self.grammar_options))
+        return GrammarOptions.model_validate_json(self.grammar_options)
 
     @property
     def threshold(self) -> float | None:
         return None if self.min_confidence is None else float(self.min_confidence)
+
+
+@dataclass(frozen=True)
+class RouterFile:
+    """A router file's checked metadata, its catalogue, and all of the header's scalar key-values."""
+
+    path: str
+    metadata: RouterMetadata  # its `grammar` is the regenerated one, whatever the file embeds
+    catalogue: Catalogue
+    kv: dict[str, str]
+    embedded_grammar_matches: bool  # the file's own `toolroute.grammar` equals the regenerated one
+
+
+def read_router_file(path: str | Path) -> RouterFile:
+    """Read and check a router GGUF's metadata from its header, without llama.cpp (the one reader:
+    `Router.load`, `toolroute inspect` and the measurements all use it). Raises RouterFileError."""
+    where = str(path)
+    try:
+        kv = read_gguf_metadata(path)
+    except GgufHeaderError as exc:
+        raise RouterFileError(str(exc)) from None
+    return validate_router_kv(kv, where)
+
+
+def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
+    """Check a GGUF's key-values as a router file (`where` names it in errors); see the module docstring."""
+    fields = {key.removeprefix(PREFIX): str(value) for key, value in kv.items() if key.startswith(PREFIX)}
+    if not fields:
+        raise RouterFileError(f"{where}: no toolroute.* metadata: not a router exported by toolroute")
+    version = fields.get("format_version", str(FORMAT_VERSION))
+    if not (version.isascii() and version.isdigit() and len(version) <= 6):
+        raise RouterFileError(f"{where}: {PREFIX}format_version {version[:20]!r} is not a version number")
+    if int(version) > FORMAT_VERSION:
+        raise RouterFileError(
+            f"{where}: router format {int(version)} is newer than this toolroute (it reads up to "
+            f"{FORMAT_VERSION}); upgrade toolroute"
+        )
+    try:
+        metadata = RouterMetadata(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RouterFileError(f"{where}: invalid router metadata: {problems}") from None
+    actual = hashlib.sha256(metadata.catalogue.encode("utf-8")).hexdigest()
+    if actual != metadata.catalogue_sha256:
+        raise RouterFileError(f"{where}: the catalogue does not match its hash (file damaged or edited)")
+    _check_small_fields(metadata, where)
+    try:
+        catalogue = metadata.load_catalogue()
+    except (CatalogueError, ValueError, RecursionError) as exc:  # whatever the JSON holds: refused
+        raise RouterFileError(f"{where}: the embedded catalogue does not load: {exc}") from None
+    grammar = _regenerated_grammar(metadata, catalogue, where)
+    _check_templates(metadata, kv, where)
+    return RouterFile(
+        where,
+        metadata.model_copy(update={"grammar": grammar}),
+        catalogue,
+        {key: str(value) for key, value in kv.items()},
+        embedded_grammar_matches=metadata.grammar == grammar,
+    )
+
+
+def _check_small_fields(metadata: RouterMetadata, where: str) -> None:
+    try:
+        metadata.options  # noqa: B018 - parsing is the check
+        loads_bounded(metadata.base, what=f"{PREFIX}base")
+    except (ValidationError, JsonInputError) as exc:
+        raise RouterFileError(f"{where}: invalid router metadata: {exc}") from None
+    if metadata.min_confidence is not None:
+        try:
+            threshold = float(metadata.min_confidence)
+        except ValueError:
+            threshold = -1.0
+        if not 0.0 <= threshold <= 1.0:
+            raise RouterFileError(
+                f"{where}: {PREFIX}min_confidence {metadata.min_confidence[:20]!r} is not a number in [0, 1]"
+            )
+
+
+def _regenerated_grammar(metadata: RouterMetadata, catalogue: Catalogue, where: str) -> str:
+    """The grammar the catalogue and options make: the file's own text never reaches llama.cpp's
+    grammar parser, whatever it holds."""
+    from toolroute.grammars import catalogue_gbnf
+
+    try:
+        return catalogue_gbnf(catalogue, metadata.options)
+    except (CatalogueError, SchemaError, ValueError) as exc:
+        raise RouterFileError(f"{where}: no grammar can be made for the embedded catalogue: {exc}") from None
+
+
+def _check_templates(metadata: RouterMetadata, kv: dict[str, Any], where: str) -> None:
+    """The router's template, and each template llama-cpp-python compiles when it opens the file."""
+    if TEMPLATE_KEY in kv and str(kv[TEMPLATE_KEY]) != metadata.chat_template:
+        raise RouterFileError(
+            f"{where}: {TEMPLATE_KEY} differs from {PREFIX}chat_template (toolroute writes the same "
+            "template to both: file damaged or edited)"
+        )
+    templates = {f"{PREFIX}chat_template": metadata.chat_template}
+    templates |= {key: str(value) for key, value in kv.items() if key.startswith(TEMPLATE_KEY + ".")}
+    for key, template in templates.items():
+        if len(template) > MAX_CHAT_TEMPLATE:
+            raise RouterFileError(
+                f"{where}: {key} is {len(template):,} characters, over the {MAX_CHAT_TEMPLATE:,} limit"
+            )
+        try:
+            check_template(template)
+        except TemplateLimitError as exc:
+            raise RouterFileError(f"{where}: {key} is refused: {exc}") from None
+        except TemplateError as exc:
+            raise RouterFileError(f"{where}: {key} does not compile: {type(exc).__name__}: {exc}") from None

@@ -1,371 +1,471 @@
-"""`toolroute serve`: an OpenAI-compatible HTTP endpoint over one router (stdlib only).
+"""`toolroute serve`: an OpenAI-compatible HTTP endpoint over one router (the `serve` extra).
 
     POST /v1/chat/completions   messages (+ optional tools, a subset of the catalogue)
     GET  /v1/models             the one model served
     GET  /healthz               {"status": "ok"}
 
-The last user message is routed and earlier turns are its history (system messages are the
-client's, not the router's: the router keeps the system prompt it was trained with, so they are
-ignored). A call comes back as an assistant message with one `tool_calls` entry whose
-`function.arguments` is the canonical JSON text, `finish_reason: "tool_calls"`; a no_tool,
-low-confidence or invalid result comes back as assistant `content` (the reason) with
-`finish_reason: "stop"`, so a client never receives a call the router did not validate. Every
-response also carries a `toolroute` object (kind, confidence, runner-up, raw output) that
-OpenAI clients ignore.
+What a request means is `service.ChatService`'s business; this module is the transport. It
+runs on uvicorn with h11 (a strict, pure-Python HTTP/1.1 parser: one valid Content-Length,
+`Transfer-Encoding` only as `chunked`, bounded header size) and Starlette (routing, CORS), and
+adds what neither does by default:
 
-`tools`, when given, must each equal a catalogue tool (400 otherwise) and narrow the grammar to
-them. Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`. Bodies over
-`max_body_bytes` get 413 without being read. `ThreadingHTTPServer` handles requests in threads;
-the router's context pool does the locking. It binds to loopback unless told otherwise.
+- time: a request's head must arrive within `read_timeout_s` of the connection (or of the
+  first byte after a kept-alive response), its body within `read_timeout_s` more (408, then
+  closed); idle kept-alive connections close after `keep_alive_timeout_s`;
+- room: beyond `max_connections` open connections requests get 503; a request waits at most
+  `queue_timeout_s` for a router context, behind at most `max_queue` others, else 503 with
+  `Retry-After`; a client that leaves while it waits costs no model time;
+- access: the Host header must name this server (loopback names by default, more with
+  `allowed_hosts`), so a DNS-rebinding page cannot reach it; requests with an `Origin` header
+  are refused unless the origin is allowed (then CORS applies); POST bodies must be
+  `application/json`; an optional API key (`Authorization: Bearer`);
+- framing: every body is read or refused, and a refused one closes the connection, so its
+  bytes are never taken for a next request; `Transfer-Encoding` is refused (411), as are bodies
+  on GET; bodies over `max_body_bytes` get 413 (declared or while reading); JSON is parsed with a
+  depth limit (400).
+
+Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, naming the header
+or field at fault. The one exception is uvicorn's own answer beyond `max_connections` (a plain
+503 "Service Unavailable", sent before the request reaches this code). Routing is blocking CPU
+work: it runs in a worker thread, so the event loop keeps answering (health checks, 503s).
 """
 
 from __future__ import annotations
 
+import copy
+import hmac
 import json
+import socket
 import sys
 import threading
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+try:
+    import anyio
+    import h11
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.datastructures import Headers
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+except ModuleNotFoundError as exc:  # the runtime core installs without the HTTP stack
+    raise ModuleNotFoundError(
+        f"toolroute serve needs the serve extra ({exc.name} is missing): pip install 'toolroute[serve]'",
+        name=exc.name,  # the CLI names the extra from the module (toolroute.cli.missing_extra)
+    ) from exc
 
-from toolroute.grammars import Catalogue, CatalogueError, ToolCall
-
-from .chat import Turn
-from .results import RequestTooLongError, RouteInputError, RouteResult
 from .router import Router
+from .server_settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
+from .service import ApiError, ChatService
 
-DEFAULT_MAX_BODY_BYTES = 1 << 20
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "ApiError",
+    "ChatService",
+    "RouterServer",
+    "ServerSettings",
+    "make_server",
+    "serve_in_thread",
+]
 
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        param: str | None = None,
-        kind: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+HEALTH_PATH = "/healthz"
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-    text: str | None = None
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-class _Function(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    arguments: str
+# -- transport: h11 with a deadline on the request head ------------------------------------------
 
 
-class _ToolCallIn(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class StrictH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline for the request head and JSON-shaped 400s.
 
-    id: str | None = None
-    type: str = "function"
-    function: _Function
+    uvicorn times out idle kept-alive connections but not a connection that never completes a
+    request head (a fresh one that sends nothing, or a request line trickled a byte at a time):
+    those would hold a socket forever. `head_timeout_s` is set per server (`strict_h11`).
+    """
 
+    head_timeout_s: float = 10.0
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._head_timer: Any = None
+        self._arm_head_timer()
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[_Part] | None = None
-    tool_calls: list[_ToolCallIn] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        if any(part.type != "text" for part in self.content):
-            raise ApiError(400, "only text content parts are supported", "unsupported_content", "messages")
-        return "".join(part.text or "" for part in self.content)
-
-
-class ChatRequest(BaseModel):
-    """The fields of a chat completion request this server reads (others are accepted, unused)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    messages: list[_Message] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    stream: bool | None = None
-    n: int | None = None
-
-
-def _history_turn(message: _Message) -> Turn | None:
-    if message.role in ("system", "developer"):
-        return None
-    if message.role == "assistant" and message.tool_calls:
-        # The router's own format for an earlier call: what it was trained to write.
-        call = message.tool_calls[0].function
-        try:
-            arguments = json.loads(call.arguments)
-        except ValueError:
-            raise ApiError(
-                400, "tool_calls[].function.arguments is not JSON", "invalid_arguments", "messages"
-            ) from None
-        text = json.dumps(
-            {"tool": call.name, "arguments": arguments}, ensure_ascii=False, separators=(",", ":")
-        )
-        return Turn(role="assistant", content=text)
-    return Turn(role=message.role, content=message.text())  # type: ignore[arg-type]
-
-
-def canonical_arguments(call: ToolCall) -> str:
-    """The arguments part of the call's canonical text, byte for byte."""
-    head = '{"tool":' + json.dumps(call.tool, ensure_ascii=False) + ',"arguments":'
-    if not (call.canonical.startswith(head) and call.canonical.endswith("}")):
-        raise ValueError(f"not a canonical call: {call.canonical!r}")
-    return call.canonical[len(head) : -1]
-
-
-class ChatService:
-    """Turns chat completion requests into routes and routes into chat completion objects."""
-
-    def __init__(self, router: Router, model_id: str) -> None:
-        self.router = router
-        self.model_id = model_id
-        self.created = int(time.time())
-
-    def models(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "toolroute"}
-            ],
-        }
-
-    def _tools(self, tools: list[dict[str, Any]] | None) -> list[str] | None:
-        if tools is None:
-            return None
-        if not tools:
-            raise ApiError(
-                400, "tools is empty: leave it out to offer all the router's tools", "invalid_tools", "tools"
-            )
-        try:
-            given = Catalogue.from_openai(tools)
-        except CatalogueError as exc:
-            raise ApiError(400, f"invalid tools: {exc}", "invalid_tools", "tools") from None
-        catalogue = self.router.catalogue
-        unknown = [t.name for t in given if t.name not in catalogue]
-        different = [t.name for t in given if t.name in catalogue and catalogue.get(t.name) != t]
-        if unknown or different:
-            parts = []
-            if unknown:
-                parts.append(f"not in the router's catalogue: {', '.join(unknown)}")
-            if different:
-                parts.append(f"declared differently from the router's catalogue: {', '.join(different)}")
-            raise ApiError(
-                400,
-                "tools must be a subset of the router's catalogue; " + "; ".join(parts),
-                "tools_mismatch",
-                "tools",
-            )
-        return given.names
-
-    def complete(self, body: Any) -> dict[str, Any]:
-        try:
-            request = ChatRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise ApiError(
-                400, f"invalid request: {param}: {first['msg']}", "invalid_request", param
-            ) from None
-        if request.stream:
-            raise ApiError(
-                400, "streaming is not supported: a route is one short JSON call", "unsupported", "stream"
-            )
-        if request.n not in (None, 1):
-            raise ApiError(400, "n must be 1: a router gives one answer", "unsupported", "n")
-        if request.tool_choice not in (None, "auto"):
-            raise ApiError(400, "only tool_choice 'auto' is supported", "unsupported", "tool_choice")
-        tools = self._tools(request.tools)
-        last = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
-        if last is None:
-            raise ApiError(400, "messages has no user message to route", "no_user_message", "messages")
-        history = [t for m in request.messages[:last] if (t := _history_turn(m)) is not None]
-        try:
-            result = self.router.route(request.messages[last].text(), history, tools=tools)
-        except RequestTooLongError as exc:
-            raise ApiError(400, str(exc), "context_length_exceeded", "messages") from None
-        except RouteInputError as exc:
-            raise ApiError(400, str(exc), "invalid_request", "messages") from None
-        return self._completion(result)
-
-    def _completion(self, result: RouteResult) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": None}
-        if result.kind == "call" and result.call is not None:
-            call = result.call
-            arguments = canonical_arguments(call)
-            message["tool_calls"] = [
-                {
-                    "id": f"call_{uuid.uuid4().hex[:24]}",
-                    "type": "function",
-                    "function": {"name": call.tool, "arguments": arguments},
-                }
-            ]
-            finish = "tool_calls"
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Waiting for (the rest of) a request head: the clock runs from the first moment of the wait.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm_head_timer()
         else:
-            message["content"] = result.no_tool.reason if result.no_tool is not None else (result.error or "")
-            finish = "stop"
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
-            "toolroute": {
-                "kind": result.kind,
-                "confidence": result.confidence,
-                "runner_up": None if result.runner_up is None else result.runner_up.model_dump(),
-                "raw": result.raw,
-                "latency_ms": result.latency_ms,
-            },
-        }
+            self._cancel_head_timer()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
 
-class _Handler(BaseHTTPRequestHandler):
-    server: RouterHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "toolroute"
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
-    routes: ClassVar[set[tuple[str, str]]] = {
-        ("GET", "/healthz"),
-        ("GET", "/v1/models"),
-        ("POST", "/v1/chat/completions"),
-    }
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
-    def log_message(self, format: str, *args: Any) -> None:
-        if self.server.quiet:
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
             return
-        super().log_message(format, *args)
+        if self.conn.trailing_data[0]:  # part of a head arrived: say why the connection ends
+            error = ApiError(
+                408, f"the request head did not arrive within {self.head_timeout_s:g} s", "request_timeout"
+            )
+            self.transport.write(_raw_response(error))
+        self.transport.close()
 
-    def _send(self, status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request's framing (request line, headers, Content-Length...)."""
+        error = ApiError(
+            400,
+            "malformed HTTP request: h11 refused its request line or headers "
+            "(e.g. an invalid or conflicting Content-Length, or a Transfer-Encoding other than chunked)",
+            "invalid_http",
+        )
+        self.transport.write(_raw_response(error))
+        self.transport.close()
 
-    def _error(self, error: ApiError, extra: dict[str, str] | None = None) -> None:
-        self._send(error.status, error.body(), extra)
 
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
+def _raw_response(error: ApiError) -> bytes:
+    """A complete response written straight to the socket, for connections about to close."""
+    body = json.dumps(error.body()).encode()
+    reason = {400: "Bad Request", 408: "Request Timeout"}.get(error.status, "Error")
+    head = (
+        f"HTTP/1.1 {error.status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
-    def _dispatch(self, method: str) -> None:
-        path = self._path()
-        if (method, path) not in self.routes:
-            if any(p == path for _, p in self.routes):
-                allowed = ", ".join(sorted(m for m, p in self.routes if p == path))
-                self.close_connection = method == "POST"  # an unread body must not be taken for a request
-                self._error(
-                    ApiError(405, f"{method} is not allowed on {path}", "method_not_allowed"),
-                    {"Allow": allowed},
+
+def strict_h11(head_timeout_s: float) -> type[StrictH11Protocol]:
+    return type("ConfiguredStrictH11Protocol", (StrictH11Protocol,), {"head_timeout_s": head_timeout_s})
+
+
+# -- access and framing rules, before any endpoint runs ------------------------------------------
+
+
+class RequestGuard:
+    """Host, Origin, API key and framing checks; closes the connection when a body is left unread."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, hosts: frozenset[str]) -> None:
+        self.app = app
+        self.settings = settings
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        body_pending = "transfer-encoding" in headers or int(headers.get("content-length", "0")) > 0
+
+        async def tracked_receive() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_pending = False
+            return message
+
+        async def closing_send(message: Message) -> None:
+            # A response before the whole body was read: the rest of the body must not be
+            # parsed as a next request, so this connection ends with the response.
+            if message["type"] == "http.response.start" and body_pending:
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*kept, (b"connection", b"close")]}
+            await send(message)
+
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            await error_response(refusal)(scope, tracked_receive, closing_send)
+            return
+        await self.app(scope, tracked_receive, closing_send)
+
+    def _refusal(self, scope: Scope, headers: Headers) -> ApiError | None:
+        settings = self.settings
+        host = headers.get("host")
+        if "*" not in settings.allowed_hosts and (host is None or host.strip().lower() not in self.hosts):
+            return ApiError(
+                400,
+                f"Host header {host!r} does not name this server (accepted: {', '.join(sorted(self.hosts))}; "
+                "`toolroute serve --allow-host NAME` adds one)",
+                "invalid_host",
+                "Host",
+            )
+        origin = headers.get("origin")
+        if origin is not None and not settings.origin_allowed(origin):
+            return ApiError(
+                403,
+                f"requests from web pages are refused: Origin {origin!r} is not allowed "
+                "(`toolroute serve --allow-origin ORIGIN` allows one)",
+                "origin_not_allowed",
+                "Origin",
+            )
+        method = scope["method"]
+        if method == "OPTIONS" and origin is not None:
+            return None  # a CORS preflight from an allowed origin: CORSMiddleware answers it
+        if settings.api_key is not None and scope["path"] != HEALTH_PATH:
+            expected = f"Bearer {settings.api_key.get_secret_value()}".encode()
+            given = headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return ApiError(
+                    401,
+                    "missing or wrong API key: send `Authorization: Bearer KEY`",
+                    "invalid_api_key",
+                    "Authorization",
+                    headers={"WWW-Authenticate": "Bearer"},
                 )
-            else:
-                self.close_connection = method == "POST"
-                self._error(ApiError(404, f"no such endpoint: {method} {path}", "not_found"))
-            return
+        if "transfer-encoding" in headers:
+            both = "content-length" in headers
+            return ApiError(
+                400 if both else 411,
+                "Transfer-Encoding is not accepted"
+                + (" (and contradicts Content-Length)" if both else "")
+                + ": send the body with a Content-Length",
+                "invalid_framing" if both else "length_required",
+                "Transfer-Encoding",
+            )
+        if method != "POST" and int(headers.get("content-length", "0")) > 0:
+            return ApiError(400, f"{method} takes no body", "unexpected_body", "Content-Length")
+        return None
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+
+
+class Endpoints:
+    def __init__(self, service: ChatService, settings: ServerSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self._threads: anyio.CapacityLimiter | None = None
+
+    def _thread_limiter(self) -> anyio.CapacityLimiter:
+        # Enough worker threads for every request the context pool admits (routing + queued, and
+        # a few being checked), so that requests wait in the pool, whose wait is bounded and
+        # cancellable, not in anyio's default 40-thread limiter, whose wait is neither.
+        if self._threads is None:  # created on the event loop, which anyio needs
+            admitted = self.service.router.n_contexts + self.settings.max_queue
+            self._threads = anyio.CapacityLimiter(admitted + 4)
+        return self._threads
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.service.model_id})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(self.service.models())
+
+    async def chat_completions(self, request: Request) -> Response:
         try:
-            if path == "/healthz":
-                self._send(200, {"status": "ok", "model": self.server.service.model_id})
-            elif path == "/v1/models":
-                self._send(200, self.server.service.models())
-            else:
-                self._send(200, self.server.service.complete(self._read_json()))
+            raw = await self._read_body(request)
+            return JSONResponse(await self._complete(raw, request.receive))
         except ApiError as exc:
-            self._error(exc)
+            return error_response(exc)
         except Exception as exc:  # the server stays up; the client gets a structured 500
             print(f"toolroute serve: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            self._error(ApiError(500, f"internal error: {type(exc).__name__}", "internal_error"))
+            return error_response(ApiError(500, f"internal error: {type(exc).__name__}", "internal_error"))
 
-    def _read_json(self) -> Any:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            raise ApiError(411, "chunked bodies are not supported: send Content-Length", "length_required")
-        length_text = self.headers.get("Content-Length")
-        try:
-            length = int(length_text) if length_text is not None else -1
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            raise ApiError(400, "a JSON body with a Content-Length header is required", "invalid_request")
-        if length > self.server.max_body_bytes:
-            self.close_connection = True  # the body is left unread
+    async def _read_body(self, request: Request) -> bytes:
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(
+                415,
+                f"Content-Type must be application/json, not {request.headers.get('content-type')!r}",
+                "unsupported_media_type",
+                "Content-Type",
+            )
+        declared = request.headers.get("content-length")
+        if declared is None:
+            raise ApiError(
+                411,
+                "a JSON body with a Content-Length header is required",
+                "length_required",
+                "Content-Length",
+            )
+        limit = self.settings.max_body_bytes
+        if int(declared) > limit:
             raise ApiError(
                 413,
-                f"request body of {length} bytes exceeds the limit of {self.server.max_body_bytes}",
+                f"request body of {declared} bytes exceeds the limit of {limit}",
                 "body_too_large",
+                "Content-Length",
             )
-        raw = self.rfile.read(length)
+        body = bytearray()
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+            with anyio.fail_after(self.settings.read_timeout_s):
+                while True:
+                    message = await request.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ApiError(
+                            400, "the client closed the connection mid-body", "client_disconnected"
+                        )
+                    body += message.get("body", b"")
+                    if len(body) > limit:  # h11 holds a body to its Content-Length; this is the backstop
+                        raise ApiError(
+                            413, f"request body exceeds the limit of {limit} bytes", "body_too_large"
+                        )
+                    if not message.get("more_body", False):
+                        return bytes(body)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the request body did not arrive within {self.settings.read_timeout_s:g} s "
+                f"({len(body)} of {declared} bytes)",
+                "request_timeout",
+                "Content-Length",
+            ) from None
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    async def _complete(self, raw: bytes, receive: Receive) -> dict[str, Any]:
+        """Route in a worker thread while watching the connection; errors leave the task group as is."""
+        cancelled = threading.Event()
+        outcome: dict[str, Any] | BaseException | None = None
+        async with anyio.create_task_group() as watchers:
+            watchers.start_soon(self._watch_disconnect, receive, cancelled)
+            try:
+                outcome = await anyio.to_thread.run_sync(
+                    self.service.complete_body, raw, cancelled, limiter=self._thread_limiter()
+                )
+            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                outcome = exc
+            finally:
+                watchers.cancel_scope.cancel()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
+    async def _watch_disconnect(self, receive: Receive, cancelled: threading.Event) -> None:
+        """Withdraw the request from the context queue as soon as its client goes away."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        cancelled.set()
+        self.service.router.contexts.wake()
 
 
-class RouterHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    method, path = request.method, request.url.path
+    if exc.status_code == 405:
+        error = ApiError(405, f"{method} is not allowed on {path}", "method_not_allowed", headers=exc.headers)
+    elif exc.status_code == 404:
+        error = ApiError(404, f"no such endpoint: {method} {path}", "not_found")
+    else:
+        error = ApiError(exc.status_code, exc.detail, None, headers=exc.headers)
+    return error_response(error)
+
+
+def build_app(service: ChatService, settings: ServerSettings, hosts: frozenset[str]) -> Starlette:
+    endpoints = Endpoints(service, settings)
+    middleware = [Middleware(RequestGuard, settings=settings, hosts=hosts)]
+    if settings.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route(HEALTH_PATH, endpoints.healthz, methods=["GET"]),
+            Route("/v1/models", endpoints.models, methods=["GET"]),
+            Route("/v1/chat/completions", endpoints.chat_completions, methods=["POST"]),
+        ],
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.router.redirect_slashes = False  # a redirect would re-send a POST body elsewhere
+    return app
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class RouterServer:
+    """A bound, not yet serving, server: `serve_forever()` (blocks), `shutdown()`, `server_close()`."""
 
     def __init__(
-        self,
-        address: tuple[str, int],
-        service: ChatService,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        quiet: bool = False,
+        self, service: ChatService, host: str, port: int, settings: ServerSettings, quiet: bool
     ) -> None:
         self.service = service
-        self.max_body_bytes = max_body_bytes
-        self.quiet = quiet
-        super().__init__(address, _Handler)
+        self.settings = settings
+        self.socket = _listen(host, port)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        hosts = settings.host_values(host, self.server_address[1])
+        config = uvicorn.Config(
+            build_app(service, settings, hosts),
+            http=strict_h11(settings.read_timeout_s),
+            loop="asyncio",
+            lifespan="off",
+            ws="none",
+            interface="asgi3",
+            proxy_headers=False,
+            server_header=False,
+            timeout_keep_alive=settings.keep_alive_timeout_s,
+            # uvicorn counts the connection asking too: N + 1 serves N open connections.
+            limit_concurrency=settings.max_connections + 1,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+            log_config=None if quiet else _logging_config(),
+            log_level="error" if quiet else "info",
+            access_log=not quiet,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._serving = threading.Event()
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
+    def started(self) -> bool:
+        return bool(self._uvicorn.started)
+
+    def serve_forever(self) -> None:
+        self._serving.set()
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (up to `shutdown_timeout_s`), return."""
+        self._uvicorn.should_exit = True
+        if self._serving.is_set():
+            self._stopped.wait(timeout_s)
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+
+def _logging_config() -> dict[str, Any]:
+    """uvicorn's logging, with the access log on stderr too: stdout stays free for the caller."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)
 
 
 def make_server(
@@ -374,17 +474,22 @@ def make_server(
     port: int = 8080,
     *,
     model_id: str | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    settings: ServerSettings | None = None,
     quiet: bool = False,
-) -> RouterHTTPServer:
+) -> RouterServer:
     """A server bound to (host, port); port 0 picks a free one (`server.server_address`)."""
-    from pathlib import Path
+    settings = settings or ServerSettings()
+    service = ChatService.for_router(router, model_id, settings)
+    return RouterServer(service, host, port, settings, quiet)
 
-    service = ChatService(router, model_id or Path(router.path).stem)
-    return RouterHTTPServer((host, port), service, max_body_bytes=max_body_bytes, quiet=quiet)
 
-
-def serve_in_thread(server: RouterHTTPServer) -> threading.Thread:
+def serve_in_thread(server: RouterServer, startup_timeout_s: float = 10.0) -> threading.Thread:
+    """Serve from a daemon thread; returns once the server accepts requests."""
     thread = threading.Thread(target=server.serve_forever, name="toolroute-serve", daemon=True)
     thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("toolroute serve: the server did not start")
+        time.sleep(0.01)
     return thread

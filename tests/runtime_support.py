@@ -12,7 +12,7 @@ from typing import Any
 
 from toolroute.grammars import Catalogue, GrammarOptions, load_catalogue, render_system_prompt
 from toolroute.runtime.base_models import packaged_gguf
-from toolroute.runtime.chat import ChatTemplate
+from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.router_file import RouterMetadata
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from toolroute.grammars import Catalogue, GrammarOptions, format_number, load_catalogue
-from toolroute.grammars.engine import GrammarMatcher
 from toolroute.grammars.schema import Schema
+from toolroute.runtime.grammar_engine import GrammarMatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 CUSTOMER_SUPPORT_TOOLS = ROOT / "examples" / "customer_support" / "tools.py"

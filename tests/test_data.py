@@ -8,8 +8,8 @@ import json
 import pytest
 
 from support import CUSTOMER_SUPPORT_TOOLS, ROOT
+from toolroute.cli import main
 from toolroute.grammars import NO_TOOL, load_catalogue
-from toolroute.runtime.cli import main
 from toolroute.train.check import check_data
 from toolroute.train.formats import read_examples
 from toolroute.train.sft import router_prompt, sft_rows
@@ -230,7 +230,7 @@ GOLDEN_PROMPT = (
 
 def test_sft_rows_match_the_golden_string_for_the_default_base():
     from toolroute.runtime.base_models import packaged_gguf
-    from toolroute.runtime.chat import ChatTemplate
+    from toolroute.runtime.chat_template import ChatTemplate
 
     template = ChatTemplate.from_gguf(packaged_gguf())
     result = read_examples(MIXED, SUPPORT)

@@ -13,10 +13,10 @@ import runtime_support
 from test_metrics import GOLDS, PREDICTIONS
 
 from support import ROOT
+from toolroute.bench.metrics import evaluate_predictions
+from toolroute.bench.reporting import error_cases, threshold_choice
+from toolroute.cli import main
 from toolroute.grammars import load_catalogue
-from toolroute.runtime.cli import main
-from toolroute.runtime.metrics import evaluate_predictions
-from toolroute.runtime.reporting import error_cases, threshold_choice
 from toolroute.runtime.router import Router
 
 EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
@@ -114,7 +114,7 @@ def test_eval_cli_on_a_training_run_constrained_by_outlines(tiny_run, tmp_path):
 
 
 def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
-    from toolroute.export.bench import bench_run
+    from toolroute.bench.quant_bench import bench_run
 
     results = bench_run(
         tiny_run, EVAL, ["f16", "q8_0"], tmp_path / "dist", tmp_path / "bench", limit=2, threads=1
@@ -141,7 +141,7 @@ def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
 
 
 def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):
-    from toolroute.export.bench_modes import bench_modes
+    from toolroute.bench.modes_bench import bench_modes
 
     data = ROOT / "examples" / "customer_support"
     for name, count in (("train", 16), ("eval", 8)):
@@ -166,7 +166,7 @@ def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):
 
 
 def test_a_request_the_router_refuses_counts_as_invalid(tiny_copy, tmp_path):
-    from toolroute.runtime.evaluate import evaluate_router
+    from toolroute.bench.evaluate import evaluate_router
     from toolroute.train.formats import read_examples
 
     rows = tmp_path / "rows.jsonl"

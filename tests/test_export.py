@@ -11,10 +11,9 @@ pytest.importorskip("torch")
 
 from llama_cpp import Llama
 
+from toolroute.cli import main
 from toolroute.export.pipeline import export_run
-from toolroute.runtime.cli import main
-from toolroute.runtime.inspect_cli import read_metadata
-from toolroute.runtime.router_file import RouterFileError, RouterMetadata
+from toolroute.runtime.router_file import RouterFileError, RouterMetadata, read_router_file
 from toolroute.train.run_dir import IncompleteRun, RunDir
 
 
@@ -54,7 +53,8 @@ def test_metadata_is_embedded_and_intact(exported, tiny_run):
     out, _ = exported
     manifest = RunDir(tiny_run).load_manifest()
     for level in ("f16", "q8_0", "q4_k_m"):
-        metadata, kv = read_metadata(str(out / f"tiny-router.{level}.gguf"))
+        router_file = read_router_file(out / f"tiny-router.{level}.gguf")
+        metadata, kv = router_file.metadata, router_file.kv
         assert metadata.load_catalogue().names == ["track_order", "request_refund", "escalate"]
         assert metadata.system_prompt == manifest.system_prompt and metadata.prompt_mode == "compact"
         assert metadata.chat_template == manifest.chat_template == kv["tokenizer.chat_template"]
@@ -105,7 +105,7 @@ def test_inspect_cli_and_non_router_files(exported, capsys, tmp_path):
     assert summary["tools"] == ["track_order", "request_refund", "escalate"]
     with pytest.raises(RouterFileError, match=r"no toolroute\.\* metadata"):
         RouterMetadata.from_kv({"general.architecture": "llama"}, where="plain.gguf")
-    kv = read_metadata(str(out / "tiny-router.q8_0.gguf"))[1]
+    kv = read_router_file(out / "tiny-router.q8_0.gguf").kv
     kv["toolroute.catalogue"] = kv["toolroute.catalogue"].replace("track_order", "track_ordr")
     with pytest.raises(RouterFileError, match="does not match its hash"):
         RouterMetadata.from_kv(kv)

@@ -25,7 +25,12 @@ from toolroute.grammars import (
     serialize_call,
     serialize_no_tool,
 )
-from toolroute.grammars.engine import GrammarLoadError, GrammarMatcher, Utf8Tracker, check_grammar_loads
+from toolroute.runtime.grammar_engine import (
+    GrammarLoadError,
+    GrammarMatcher,
+    Utf8Tracker,
+    check_grammar_loads,
+)
 
 CATALOGUES = all_catalogues()
 PROPERTY_GRAMMARS = {name: catalogue_gbnf(cat, PROPERTY_OPTIONS) for name, cat in CATALOGUES.items()}

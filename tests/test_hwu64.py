@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
+from toolroute.cli import main
 from toolroute.grammars import load_catalogue, parse_tool_call, serialize_call
 from toolroute.train.hwu64 import (
     INTENT_DESCRIPTIONS,
     NO_TOOL_REASONS,
     SLOT_DESCRIPTIONS,
     import_hwu64,
-    main,
-    register,
 )
 
 SAMPLE = Path(__file__).parent / "fixtures" / "hwu64_sample.jsonl"
@@ -199,7 +197,7 @@ GOOD = '{"text": "wake me at six", "intent": "alarm_set", "fold": 9, "entities":
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ('{"text": "wake me", "intent": "alarm_set", "fold": 9, "entities": [}', "not valid JSON"),
+        ('{"text": "wake me", "intent": "alarm_set", "fold": 9, "entities": [}', "bad JSON: Expecting value"),
         ('["wake me"]', "expected a JSON object"),
         ('{"text": "wake me", "fold": 9, "entities": []}', "missing field 'intent'"),
         ('{"text": "wake me", "intent": "alarm_set", "fold": 11, "entities": []}', "field 'fold': "),
@@ -283,31 +281,25 @@ def test_rerun_is_byte_identical(imported, tmp_path):
     assert (out / "tools.json").read_text(encoding="utf-8").endswith("]\n")
 
 
-def test_register_adds_the_subcommand(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="toolroute data")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(
-        ["import-hwu64", str(SAMPLE), "--out", str(tmp_path), "--scenarios", "alarm, iot"]
-    )
-    assert args.scenarios == ["alarm", "iot"]
-    assert args.handler(args) == 0
+def test_the_data_command_imports(tmp_path, capsys):
+    status = main(["data", "import-hwu64", str(SAMPLE), "--out", str(tmp_path), "--scenarios", "alarm, iot"])
+    assert status == 0
     printed = capsys.readouterr().out
     assert "4 tools from 2 scenarios" in printed
     assert "scenario not selected 17" in printed
     assert len(load_catalogue(tmp_path / "tools.json")) == 4
 
 
-def test_register_requires_out():
-    parser = argparse.ArgumentParser(prog="toolroute data")
-    register(parser.add_subparsers(dest="command", required=True))
+def test_the_data_command_requires_out():
     with pytest.raises(SystemExit):
-        parser.parse_args(["import-hwu64", str(SAMPLE)])
+        main(["data", "import-hwu64", str(SAMPLE)])
 
 
-def test_module_main_reports_errors(tmp_path, capsys):
-    assert main([str(SAMPLE), "--out", str(tmp_path / "ok")]) == 0
-    assert main([str(SAMPLE), "--out", str(tmp_path / "no"), "--scenarios", "nope"]) == 2
-    assert "import-hwu64: error: unknown scenarios ['nope']" in capsys.readouterr().err
+def test_the_data_command_reports_errors(tmp_path, capsys):
+    assert (
+        main(["data", "import-hwu64", str(SAMPLE), "--out", str(tmp_path / "no"), "--scenarios", "nope"]) == 2
+    )
+    assert "error: unknown scenarios ['nope']" in capsys.readouterr().err
 
 
 def test_descriptions_are_sentences_and_reasons_lowercase():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from support import CUSTOMER_SUPPORT_TOOLS
+from toolroute.bench.metrics import Gold, Prediction, evaluate_predictions, percentile, risk_coverage
 from toolroute.grammars import load_catalogue
-from toolroute.runtime.metrics import Gold, Prediction, evaluate_predictions, percentile, risk_coverage
 
 CAT = load_catalogue(CUSTOMER_SUPPORT_TOOLS)
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support import CUSTOMER_SUPPORT_TOOLS, KITCHEN_SINK_TOOLS, ROOT, all_catalogues, values
+from toolroute.cli import main
 from toolroute.grammars import (
     GrammarOptions,
     PromptMode,
@@ -22,7 +23,6 @@ from toolroute.grammars import (
     render_system_prompt,
     serialize_call,
 )
-from toolroute.runtime.cli import main
 
 SUPPORT = load_catalogue(CUSTOMER_SUPPORT_TOOLS)
 

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from runtime_support import CUSTOMER_SUPPORT_TOOLS, INJECTIONS
 
+from toolroute.cli import main
 from toolroute.grammars import Catalogue, NoTool, ToolCall, load_catalogue
-from toolroute.runtime.cli import main
-from toolroute.runtime.limits import gbnf_max_bytes
+from toolroute.grammars.output_bound import gbnf_max_bytes
 from toolroute.runtime.results import EmptyRequestError, RequestTooLongError, RouteInputError, RouteResult
 from toolroute.runtime.router import Router
 from toolroute.runtime.router_file import RouterFileError
@@ -326,15 +326,14 @@ def test_names_that_prefix_other_names(tmp_path_factory):
 def test_confidence_when_the_output_steps_over_the_decision_point(tiny):
     """The fallback (teacher-forcing `{"tool":"` on a branch) scores like the inline path."""
     tokens, cached, grammar = tiny.prepare("where is ORD-1?")
-    slot = tiny._slots.get()
-    try:
-        context = slot.context
-        context.seq_cp(0, 1, 0, cached)
-        context.extend(tokens[cached:], 1, cached)
-        fallback = tiny._score_forced(slot, grammar, tokens, list(range(2, tiny._n_seq_max)))
-    finally:
-        slot.context.seq_rm(1)
-        tiny._slots.put(slot)
+    with tiny.contexts.acquire() as slot:
+        try:
+            context = slot.context
+            context.seq_cp(0, 1, 0, cached)
+            context.extend(tokens[cached:], 1, cached)
+            fallback = tiny._score_forced(slot, grammar, tokens, list(range(2, tiny._n_seq_max)))
+        finally:
+            slot.context.seq_rm(1)
     inline = tiny.route("where is ORD-1?").probabilities
     assert fallback.keys() == inline.keys()
     assert all(math.isclose(fallback[n], inline[n], abs_tol=1e-3) for n in inline)
@@ -466,7 +465,7 @@ def test_calls_come_back_as_the_users_classes(tiny):
 def test_runtime_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import toolroute.runtime.router, toolroute.runtime.server, toolroute.runtime.route_cli\n"
+        "import toolroute.runtime.router, toolroute.runtime.server, toolroute.cli.route\n"
         "assert 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,7 +12,7 @@ from runtime_support import CUSTOMER_SUPPORT_TOOLS, INJECTIONS
 
 from toolroute.grammars import ToolCall, load_catalogue
 from toolroute.runtime.router import Router
-from toolroute.runtime.server import make_server, serve_in_thread
+from toolroute.runtime.server import ServerSettings, make_server, serve_in_thread
 
 openai = pytest.importorskip("openai")
 
@@ -24,7 +24,8 @@ MAX_BODY = 64 * 1024
 def server(tmp_path_factory):
     path = runtime_support.real_router_file(tmp_path_factory)
     with Router.load(path, n_threads=1) as router:
-        httpd = make_server(router, "127.0.0.1", 0, max_body_bytes=MAX_BODY, quiet=True)
+        settings = ServerSettings(max_body_bytes=MAX_BODY)
+        httpd = make_server(router, "127.0.0.1", 0, settings=settings, quiet=True)
         serve_in_thread(httpd)
         yield httpd
         httpd.shutdown()
@@ -127,7 +128,7 @@ def request(server, method: str, path: str, body: bytes | None = None, headers: 
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read() or b"null")
+        return response.status, response.headers, json.loads(response.read() or b"null")
     finally:
         connection.close()
 

@@ -41,8 +41,8 @@ def test_default_base_trains_on_the_customer_support_set(tmp_path):
     assert manifest.metrics["final_eval_loss"] < 2.0
 
     # Before export: the merged model in transformers, constrained by outlines to the output schema.
+    from toolroute.bench.hf_eval import HfRouter, evaluate_run
     from toolroute.train.formats import read_examples
-    from toolroute.train.hf_eval import HfRouter, evaluate_run
 
     router = HfRouter(config.run_dir)
     examples = read_examples(EXAMPLE / "eval.jsonl", router.catalogue).examples[:3]

@@ -15,6 +15,7 @@ pytest.importorskip("torch")
 from transformers import TrainerCallback
 
 from toolroute.train.config import TrainConfig, load_config
+from toolroute.train.formats import InvalidDataError
 from toolroute.train.run_dir import IncompleteRun, RunDir, read_loss_csv
 from toolroute.train.trainer import TrainingError, train
 
@@ -119,7 +120,7 @@ def test_bad_data_is_refused_before_training(tmp_path, tiny_base):
     bad.write_text('{"messages": [}\n')
     config = TrainConfig(name="bad", data=bad, tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base),
                          runs_dir=tmp_path / "runs")  # fmt: skip
-    with pytest.raises(TrainingError, match=rf"{bad}: 1 invalid lines"):
+    with pytest.raises(InvalidDataError, match=rf"{bad}: 1 invalid rows"):
         train(config)
     assert not config.run_dir.exists()
 

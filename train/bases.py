@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from toolroute.runtime.base_models import _PACKAGED, BaseModelNotFound, base_gguf
-from toolroute.runtime.chat import ChatTemplate
+from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.files import file_sha256
 
 if TYPE_CHECKING:

@@ -19,10 +19,12 @@ from toolroute.grammars import PromptMode
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    targets: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    targets: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "v_proj"], description="modules to adapt: a comma list (q_proj,v_proj) or all-linear"
+    )
     top_layers: int | None = Field(
         None, ge=1, description="adapt only the top N transformer layers: a shorter backward pass on a CPU"
     )
@@ -31,24 +33,26 @@ class LoraSettings(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
-    data: Path
-    eval: Path | None = None
-    tools: str | None = None
-    base: str = "default"
-    mode: PromptMode = PromptMode.compact
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="run name: the output goes to RUNS_DIR/NAME")
+    data: Path = Field(description="training data JSONL (any supported format)")
+    eval: Path | None = Field(None, description="eval data JSONL: eval loss each epoch")
+    tools: str | None = Field(
+        None, description="the catalogue (.json, .py or module); else the rows' own tools"
+    )
+    base: str = Field("default", description="default | gemma3-270m | FILE.gguf | HF model dir | hub id")
+    mode: PromptMode = Field(PromptMode.compact, description="prompt mode")
     lora: LoraSettings = LoraSettings()
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: float = Field(3.0, gt=0)
-    scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(2, ge=1)
-    max_length: int = Field(1024, ge=16)
-    seed: int = 13
+    learning_rate: float = Field(2e-4, gt=0, description="learning rate")
+    epochs: float = Field(3.0, gt=0, description="epochs")
+    scheduler: str = Field("cosine", description="learning-rate schedule")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup share")
+    batch_size: int = Field(8, ge=1, description="per-device batch")
+    grad_accum: int = Field(2, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(1024, ge=16, description="token limit; longer rows are dropped")
+    seed: int = Field(13, description="seed")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
-    runs_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    runs_dir: Path = Field(Path("runs"), description="where runs go")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
 
     @field_validator("mode", mode="before")
     @classmethod

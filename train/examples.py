@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from toolroute.grammars import NO_TOOL, Catalogue, serialize_call, serialize_no_tool
-from toolroute.runtime.chat import Turn
+from toolroute.runtime.chat_template import Turn
 
 
 class Target(BaseModel):

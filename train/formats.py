@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from toolroute.grammars import NO_TOOL, Catalogue, CatalogueError
-from toolroute.runtime.chat import Turn
+from toolroute.runtime.chat_template import Turn
 
 from .examples import Example, Target
+from .jsonl import JsonTextError, parse_json, read_jsonl
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 
@@ -60,31 +61,46 @@ def read_examples(
     """Read and validate every line of a JSONL file. Never modifies it; never stops at the first error."""
     path = Path(path)
     result = ReadResult(path=path, catalogue=catalogue)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        result.errors.append(DataError(str(path), 0, f"cannot read the file: {exc}"))
-        return result
     reader = _RowReader(result, union_tools)
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        source = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            result.errors.append(DataError(str(path), number, f"bad JSON: {exc}"))
-            continue
-        try:
-            example, kind = reader.read(row, source)
-        except RowError as exc:
-            result.errors.append(DataError(str(path), number, str(exc)))
-            continue
-        result.examples.append(example)
-        result.lines[source] = line
-        result.formats[kind] = result.formats.get(kind, 0) + 1
+    try:
+        for line in read_jsonl(path):
+            if line.error is not None:
+                result.errors.append(DataError(str(path), line.number, line.error))
+                continue
+            source = f"{path}:{line.number}"
+            try:
+                example, kind = reader.read(line.value, source)
+            except RowError as exc:
+                result.errors.append(DataError(str(path), line.number, str(exc)))
+                continue
+            result.examples.append(example)
+            result.lines[source] = line.text
+            result.formats[kind] = result.formats.get(kind, 0) + 1
+    except OSError as exc:
+        result.errors.append(DataError(str(path), 0, f"cannot read the file: {exc}"))
     return result
 
+
+
+class InvalidDataError(ValueError):
+    """A data file with invalid rows, or none at all, where only valid examples will do."""
+
+
+def read_valid_examples(
+    path: str | Path, catalogue: Catalogue | None = None, union_tools: bool = False, shown: int = 10
+) -> ReadResult:
+    """`read_examples`, or InvalidDataError listing the first `shown` errors (file:line: what)."""
+    result = read_examples(path, catalogue, union_tools)
+    if result.errors:
+        listed = "\n".join(f"  {error}" for error in result.errors[:shown])
+        more = f"\n  ... and {len(result.errors) - shown} more" if len(result.errors) > shown else ""
+        raise InvalidDataError(
+            f"{path}: {len(result.errors)} invalid rows (`toolroute data check` reports them all):"
+            f"\n{listed}{more}"
+        )
+    if not result.examples:
+        raise InvalidDataError(f"{path}: no examples")
+    return result
 
 def _schema_errors(exc: ValidationError) -> str:
     return "; ".join(
@@ -158,6 +174,8 @@ class _RowReader:
         followup = tuple(messages[routed + 1 :])
         self._check_followup(followup, routed + 1, target, call_id)
         system = messages[0].get("content") if start else None
+        if start and not isinstance(system, str):
+            raise RowError("messages[0].content: a system message's content must be a string")
         example = Example(
             request=request, target=target, history=history, followup=followup, system=system, source=source
         )
@@ -217,15 +235,15 @@ class _RowReader:
                 f"{where}.arguments: must be a string holding JSON, got {type(arguments).__name__}"
             )
         try:
-            parsed = json.loads(arguments)
-        except json.JSONDecodeError as exc:
+            parsed = parse_json(arguments)
+        except JsonTextError as exc:
             raise RowError(f"{where}.arguments is not valid JSON text: {exc}") from None
         return self._validated(name, parsed, where, catalogue)
 
     def _router_call(self, content: str, where: str, catalogue: Catalogue) -> Target:
         try:
-            data = json.loads(content)
-        except json.JSONDecodeError as exc:
+            data = parse_json(content)
+        except JsonTextError as exc:
             raise RowError(f"{where}.content is not valid JSON: {exc}") from None
         shape = '{"tool":...,"arguments":{...}} or {"tool":"no_tool","reason":"..."}'
         if not isinstance(data, dict) or not isinstance(data.get("tool"), str):

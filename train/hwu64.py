@@ -6,14 +6,12 @@ the slot types seen with it; `general_*` intents are chit-chat that no tool serv
 no_tool rows. Folds 1-8 are train, 9 valid, 10 test. Rows are OpenAI chat fine-tuning JSON without
 per-row tools: the catalogue lives in `tools.json`.
 
-    python -m toolroute.train.hwu64 hwu64.jsonl --out data/hwu64 [--scenarios alarm,iot]
+    toolroute data import-hwu64 hwu64.jsonl --out data/hwu64 [--scenarios alarm,iot]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from toolroute.grammars import Catalogue, CatalogueError
+from toolroute.grammars import Catalogue
 from toolroute.grammars.canonical import dump_value
 from toolroute.runtime.files import atomic_write_text
+
+from .jsonl import read_jsonl
 
 SPLITS = ("train", "valid", "test")
 SPLIT_OF_FOLD = {**dict.fromkeys(range(1, 9), "train"), 9: "valid", 10: "test"}
@@ -217,14 +217,7 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
     return name
 
 
-def _parse_line(raw: bytes, where: str) -> Hwu64Line:
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        # json's own "line 1" would be the line within this line; the column is what helps.
-        raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+def _parse_line(data: Any, where: str) -> Hwu64Line:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
     try:
@@ -253,11 +246,11 @@ def _parse_line(raw: bytes, where: str) -> Hwu64Line:
 def read_hwu64(source: Path) -> list[Hwu64Line]:
     """Every non-blank line, validated; a bad one raises ValueError naming file:line and field."""
     lines: list[Hwu64Line] = []
-    # Bytes, split on "\n" only: str.splitlines would also split inside a text holding U+2028.
-    with source.open("rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            if raw.strip():
-                lines.append(_parse_line(raw, f"{source}:{number}"))
+    for line in read_jsonl(source):
+        where = f"{source}:{line.number}"
+        if line.error is not None:
+            raise ValueError(f"{where}: {line.error}")
+        lines.append(_parse_line(line.value, where))
     if not lines:
         raise ValueError(f"{source}: no data lines")
     return lines
@@ -469,7 +462,7 @@ def _split_counts(examples: Iterable[_Example]) -> SplitCounts:
     return counts
 
 
-# -- command line ------------------------------------------------------------------------------
+# -- report --------------------------------------------------------------------------------------
 
 
 def format_report(report: Hwu64Report) -> str:
@@ -486,50 +479,3 @@ def format_report(report: Hwu64Report) -> str:
         lines.append(f"{title}: " + ", ".join(f"{reason} {count}" for reason, count in drops.items()))
     lines.append("wrote " + ", ".join(str(path) for path in report.paths.values()))
     return "\n".join(lines)
-
-
-def _scenario_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _handle(args: argparse.Namespace) -> int:
-    report = import_hwu64(Path(args.source), Path(args.out), args.scenarios)
-    print(format_report(report))
-    return 0
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="hwu64.jsonl (one request a line: text, intent, fold, entities)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory for tools.json and *.jsonl")
-    parser.add_argument(
-        "--scenarios",
-        type=_scenario_list,
-        metavar="A,B,...",
-        help="only these scenarios' intents become tools (e.g. alarm,iot); general_* stay no_tool",
-    )
-    parser.set_defaults(handler=_handle)
-
-
-def register(data_commands: argparse._SubParsersAction) -> None:
-    """Add `import-hwu64` to a `toolroute data` subcommand group."""
-    parser = data_commands.add_parser(
-        "import-hwu64", help="turn HWU64 into tools.json + train/valid/test JSONL"
-    )
-    _add_arguments(parser)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m toolroute.train.hwu64", description=__doc__.split("\n")[0]
-    )
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, OSError, CatalogueError) as exc:
-        print(f"import-hwu64: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from toolroute.grammars import Catalogue
 from toolroute.runtime.files import atomic_write_text
 
 from .bases import BaseIdentity
@@ -45,6 +46,13 @@ class RunManifest(BaseModel):
     wall_time_s: float
     device: str
     versions: dict[str, str]
+
+    def load_catalogue(self, where: str = "manifest") -> Catalogue:
+        """The run's catalogue, checked against the hash recorded with it."""
+        catalogue = Catalogue.from_openai(self.catalogue, where=f"{where} catalogue")
+        if catalogue.sha256 != self.catalogue_sha256:
+            raise ValueError(f"{where}: the run's catalogue does not match its recorded hash")
+        return catalogue
 
 
 class IncompleteRun(RuntimeError):

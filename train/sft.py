@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel
 
 from toolroute.grammars import Catalogue, PromptMode, render_system_prompt
-from toolroute.runtime.chat import ChatTemplate, RouterPrompt
+from toolroute.runtime.chat_template import ChatTemplate, RouterPrompt
 
 from .examples import Example
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from toolroute.grammars import Catalogue, load_catalogue
-from toolroute.runtime.chat import RouterPrompt
+from toolroute.runtime.chat_template import RouterPrompt
 from toolroute.runtime.files import atomic_write_text
+from toolroute.runtime.resources import peak_rss_mb
 
 from .bases import Base, file_sha256
 from .config import TrainConfig
 from .examples import Example
-from .formats import read_examples
+from .formats import read_valid_examples
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
 
@@ -32,14 +32,8 @@ class TrainingError(ValueError):
 
 
 def _read(path: Path, catalogue: Catalogue | None) -> tuple[list[Example], Catalogue]:
-    result = read_examples(path, catalogue)
-    if result.errors:
-        shown = "\n".join(f"  {e}" for e in result.errors[:10])
-        raise TrainingError(
-            f"{path}: {len(result.errors)} invalid lines (run `toolroute data check`):\n{shown}"
-        )
-    if result.catalogue is None or not result.examples:
-        raise TrainingError(f"{path}: no examples")
+    result = read_valid_examples(path, catalogue)
+    assert result.catalogue is not None  # set from the rows when not given, and there are rows
     return result.examples, result.catalogue
 
 
@@ -252,7 +246,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
             "final_train_loss": train_losses[-1] if train_losses else None,
             "mean_train_loss": round(result.training_loss, 5),
             "final_eval_loss": eval_loss,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         },
         wall_time_s=round(time.perf_counter() - started, 2),
         device=torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} threads)",

@@ -2,7 +2,7 @@
 
 For each level the router GGUF is exported (or reused from `dist/` when it was exported from
 this very run: its embedded manifest hash says so), then measured in a fresh process
-(`toolroute.runtime.measure`): file size, load time, peak RSS, p50/p95 route latency, output
+(`toolroute.bench.measure`): file size, load time, peak RSS, p50/p95 route latency, output
 tokens/s and the full evaluation report on the data. Reference rows, measured in the same run:
 
 - `untuned base`: the base model itself with the run's prompt and grammar embedded (the zero-shot
@@ -32,14 +32,12 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from toolroute.bench.measure import Measurement
+from toolroute.export.quantize import QuantizeError
 from toolroute.runtime.files import atomic_write_png, atomic_write_text, file_sha256
-from toolroute.runtime.measure import Measurement
 from toolroute.train.run_dir import RunDir
 
-from .quantize import QuantizeError
-
 BENCH_FORMAT = "toolroute-bench/1"
-DEFAULT_BENCH_LEVELS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
 NAIVE_LEVEL = "q4_k_m"
 
 
@@ -77,7 +75,7 @@ def _embedded_manifest_sha(path: Path) -> str | None:
 
 def router_files(run: RunDir, levels: Sequence[str], dist: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """The run's router file per level: reused when exported from this run, exported otherwise."""
-    from .pipeline import export_run
+    from toolroute.export.pipeline import export_run
 
     manifest = run.load_manifest()
     manifest_sha = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
@@ -105,10 +103,9 @@ def untuned_router(run: RunDir, like: Path, work: Path) -> Path:
     """The run's base model with the run's router metadata (prompt, grammar, catalogue) embedded."""
     from llama_cpp import Llama
 
+    from toolroute.export.converter import convert
+    from toolroute.export.embed import write_router_gguf
     from toolroute.runtime.router_file import RouterMetadata
-
-    from .converter import convert
-    from .embed import write_router_gguf
 
     manifest = run.load_manifest()
     if manifest.base.kind == "gguf":
@@ -132,7 +129,7 @@ def measure_in_subprocess(
 ) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="toolroute-measure-") as folder:
         out = Path(folder) / "measurement.json"
-        command = [sys.executable, "-m", "toolroute.runtime.measure", str(path), "--data", str(data)]
+        command = [sys.executable, "-m", "toolroute.bench.measure", str(path), "--data", str(data)]
         command += ["--runner", runner, "--json", str(out)]
         command += ["--limit", str(limit)] if limit else []
         command += ["--threads", str(threads)] if threads else []

@@ -6,18 +6,24 @@ import argparse
 import json
 import sys
 
-from .gbnf import GrammarOptions, catalogue_gbnf
-from .loading import load_catalogue
-from .output_schema import output_json_schema
-from .prompt import PromptMode, render_system_prompt
+from toolroute.grammars import (
+    GrammarOptions,
+    PromptMode,
+    catalogue_gbnf,
+    load_catalogue,
+    output_json_schema,
+    render_system_prompt,
+)
+from toolroute.runtime.files import atomic_write_text
 
-TOOLS_HELP = "tools: a .json (OpenAI tools / functions), a .py module, or package.module[:ATTR]"
+TOOLS_HELP = (
+    "tools: a .json file (OpenAI tools / functions), or Python, which runs when loaded: "
+    "a .py file or package.module[:ATTR]"
+)
 
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        from toolroute.runtime.files import atomic_write_text
-
         atomic_write_text(output, text)
     else:
         sys.stdout.write(text)
@@ -38,8 +44,7 @@ def _grammar(args: argparse.Namespace) -> int:
         from llama_cpp import Llama
 
         from toolroute.runtime.base_models import packaged_gguf
-
-        from .engine import check_grammar_loads
+        from toolroute.runtime.grammar_engine import check_grammar_loads
 
         vocab = Llama(str(packaged_gguf()), vocab_only=True, verbose=False)
         try:

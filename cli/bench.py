@@ -5,25 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .bench import DEFAULT_BENCH_LEVELS
+from toolroute.cli import require_extra
 
-
-def _needs_train_extra(command: str) -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ValueError(
-            f"{command} exports routers and needs the train extra: pip install 'toolroute[train]'"
-        ) from None
+DEFAULT_BENCH_LEVELS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
 
 
 def _bench(args: argparse.Namespace) -> int:
-    _needs_train_extra("bench")
-    from .bench import bench_run, markdown_table
-    from .quantize import parse_levels
+    require_extra("train")
+    from toolroute.bench.quant_bench import bench_run, markdown_table
+    from toolroute.export.quantize import parse_levels
 
     run = Path(args.run)
-    out = Path(args.out) if args.out else Path("bench") / run.name
+    out = Path(args.out) if args.out else Path("results") / run.name
     results = bench_run(
         run, args.data, parse_levels(args.quant), Path(args.dist), out,
         limit=args.limit, threads=args.threads, references=not args.no_references,
@@ -34,8 +27,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_modes(args: argparse.Namespace) -> int:
-    _needs_train_extra("bench-modes")
-    from .bench_modes import MODES, bench_modes
+    require_extra("train")
+    from toolroute.bench.modes_bench import MODES, bench_modes
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := [m for m in modes if m not in MODES]:
@@ -56,7 +49,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--data", type=Path, required=True, help="labelled eval JSONL")
     bench.add_argument("--quant", default=DEFAULT_BENCH_LEVELS, help=f"levels ({DEFAULT_BENCH_LEVELS})")
     bench.add_argument("--dist", default="dist", help="where router files are exported or reused (dist)")
-    bench.add_argument("--out", help="results directory (default bench/RUN_NAME)")
+    bench.add_argument("--out", help="results directory (default results/RUN_NAME)")
     bench.add_argument("--limit", type=int, help="N requests spread evenly over the data")
     bench.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
     bench.add_argument("--no-references", action="store_true", help="skip the untuned-base and naive rows")
@@ -69,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     modes.add_argument("--epochs", type=float, help="override the config's epochs")
     modes.add_argument("--max-steps", type=int, help="override: stop each run after N optimizer steps")
     modes.add_argument("--dist", default="dist")
-    modes.add_argument("--out", default="bench/modes", help="results directory (bench/modes)")
+    modes.add_argument("--out", default="results/modes", help="results directory (results/modes)")
     modes.add_argument("--limit", type=int, help="N requests spread evenly over the data")
     modes.add_argument("--threads", type=int)
     modes.set_defaults(handler=_bench_modes)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 
-from .catalogue import NO_TOOL, Catalogue, ToolSpec
+from .catalogue import Catalogue
 from .schema import Schema
+from .tool import NO_TOOL, ToolSpec
 
 
 class PromptMode(StrEnum):

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from toolroute.cli import require_extra
+
 DEFAULT_LEVELS = "f16,q8_0,q5_k_m,q4_k_m,q4_0"
 
 
 def _export(args: argparse.Namespace) -> int:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ValueError("export needs the train extra: pip install 'toolroute[train]'") from None
+    require_extra("train")
+    from toolroute.export.pipeline import export_run, format_report
+    from toolroute.export.quantize import parse_levels
     from toolroute.grammars import GrammarOptions
-
-    from .pipeline import export_run, format_report
-    from .quantize import parse_levels
 
     options = GrammarOptions(
         max_string_length=args.max_string_length, max_reason_length=args.max_reason_length

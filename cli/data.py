@@ -5,21 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from toolroute.grammars import Catalogue, PromptMode, load_catalogue
 from toolroute.runtime.base_models import base_gguf
-from toolroute.runtime.chat import ChatTemplate
+from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.files import atomic_write_text
-
-from .check import check_data, format_report
-from .formats import ReadResult, read_examples
-from .hwu64 import register as register_hwu64_import
-from .sft import router_prompt, sft_rows
-from .split import stratified_split
-
-
-class DataCommandError(ValueError):
-    pass
+from toolroute.train.check import check_data, format_report
+from toolroute.train.formats import ReadResult, read_valid_examples
+from toolroute.train.hwu64 import format_report as format_hwu64_report
+from toolroute.train.hwu64 import import_hwu64
+from toolroute.train.sft import router_prompt, sft_rows
+from toolroute.train.split import stratified_split
 
 
 def _catalogue(args: argparse.Namespace) -> Catalogue | None:
@@ -36,14 +33,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _read_valid(args: argparse.Namespace) -> ReadResult:
-    result = read_examples(args.file, _catalogue(args), args.union_tools)
-    if result.errors:
-        for error in result.errors[:20]:
-            print(f"error: {error}", file=sys.stderr)
-        raise DataCommandError(
-            f"{len(result.errors)} invalid lines; run `toolroute data check` for the full report"
-        )
-    return result
+    return read_valid_examples(args.file, _catalogue(args), args.union_tools)
 
 
 def _split(args: argparse.Namespace) -> int:
@@ -65,6 +55,15 @@ def _sft(args: argparse.Namespace) -> int:
         print(f"{len(rows)} rows -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _scenario_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _import_hwu64(args: argparse.Namespace) -> int:
+    print(format_hwu64_report(import_hwu64(Path(args.source), Path(args.out), args.scenarios)))
     return 0
 
 
@@ -103,4 +102,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("-o", "--output", help="write JSONL here (atomically) instead of stdout")
     sft.set_defaults(handler=_sft)
 
-    register_hwu64_import(data_commands)
+    hwu64 = data_commands.add_parser(
+        "import-hwu64", help="turn HWU64 into tools.json + train/valid/test JSONL"
+    )
+    hwu64.add_argument("source", help="hwu64.jsonl (one request a line: text, intent, fold, entities)")
+    hwu64.add_argument("--out", required=True, metavar="DIR", help="directory for tools.json and *.jsonl")
+    hwu64.add_argument(
+        "--scenarios",
+        type=_scenario_list,
+        metavar="A,B,...",
+        help="only these scenarios' intents become tools (e.g. alarm,iot); general_* stay no_tool",
+    )
+    hwu64.set_defaults(handler=_import_hwu64)

@@ -1,6 +1,6 @@
 """Route latency, load time and peak RSS of the runtime against llama-cpp-python's own chat completion.
 
-    python bench/runtime_latency.py [ROUTER.gguf] [--quant-files A.gguf B.gguf ...] [--limit N]
+    python -m toolroute.bench.latency [ROUTER.gguf] [--quant-files A.gguf B.gguf ...] [--limit N]
                                     [--threads T] [--contexts] [--prompt-mode compact]
 
 Without a router file, the untuned customer-support router is built from the default base into a
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from toolroute.bench.metrics import percentile
+from toolroute.runtime.resources import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
@@ -66,7 +68,7 @@ def embed_customer_support(source: Path, destination: Path, mode: str) -> Path:
     """`source` with the customer-support router metadata (default grammar options)."""
     from toolroute.export.embed import write_router_gguf
     from toolroute.grammars import GrammarOptions, catalogue_gbnf, load_catalogue, render_system_prompt
-    from toolroute.runtime.chat import ChatTemplate
+    from toolroute.runtime.chat_template import ChatTemplate
     from toolroute.runtime.router_file import RouterMetadata
 
     catalogue = load_catalogue(TOOLS)
@@ -96,10 +98,6 @@ def requests(limit: int | None) -> list[str]:
 # -- workers (one process per configuration) ----------------------------------------------------
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 class RouterRunner:
     """`Router.route` with one configuration."""
 
@@ -121,7 +119,7 @@ class NaiveRunner:
     def __init__(self, path: str, threads: int) -> None:
         from llama_cpp import Llama, LlamaGrammar
 
-        from toolroute.runtime.limits import gbnf_max_bytes
+        from toolroute.grammars.output_bound import completion_token_budget
         from toolroute.runtime.router_file import RouterMetadata
 
         # The same threads for prompts as for steps, as the router uses (llama-cpp-python's default
@@ -130,7 +128,7 @@ class NaiveRunner:
         self.metadata = RouterMetadata.from_kv(self.llama.metadata, where=path)
         self.catalogue = self.metadata.load_catalogue()
         self.grammar = LlamaGrammar.from_string(self.metadata.grammar, verbose=False)
-        self.max_tokens = (gbnf_max_bytes(self.metadata.grammar) or 1024) + 1
+        self.max_tokens = completion_token_budget(self.metadata.grammar)
 
     def __call__(self, text: str) -> tuple[float, str, int, int, bool]:
         messages = [
@@ -194,8 +192,8 @@ def run_concurrent(path: str, texts: list[str], threads: int, contexts: int, cli
     latencies = sorted(r.latency_ms for r in results)
     return {
         "requests_per_s": len(texts) / wall,
-        "p50_ms": _percentile(latencies, 50),
-        "p95_ms": _percentile(latencies, 95),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
         "peak_rss_mb": peak_rss_mb(),
         "threads_per_context": per_context,
         "outputs": [r.raw for r in results],
@@ -210,20 +208,11 @@ def _progress(texts: list[str], label: str) -> Any:
     return tqdm(texts, desc=label, file=sys.stderr, leave=False)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = (len(ordered) - 1) * q / 100.0
-    low, high = int(index), min(int(index) + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
-
-
 def _summary(rows: list[tuple[float, str, int, int, bool]]) -> dict[str, Any]:
     latencies = [row[0] for row in rows]
     return {
-        "p50_ms": _percentile(latencies, 50),
-        "p95_ms": _percentile(latencies, 95),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
         "mean_ms": statistics.fmean(latencies),
         "prompt_tokens_evaluated": statistics.fmean(row[2] for row in rows),
         "completion_tokens": statistics.fmean(row[3] for row in rows),

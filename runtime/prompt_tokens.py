@@ -13,7 +13,7 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from .chat import RouterPrompt, Turn
+from .chat_template import RouterPrompt, Turn
 from .decoding import Vocabulary
 
 

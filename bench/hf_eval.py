@@ -23,29 +23,13 @@ from tqdm import tqdm
 
 from toolroute.grammars import Catalogue, catalogue_gbnf, output_json_schema
 from toolroute.grammars.gbnf import GrammarOptions
-from toolroute.runtime.chat import ChatTemplate, RouterPrompt
-from toolroute.runtime.evaluate import gold_of, prediction_of_text
-from toolroute.runtime.limits import gbnf_max_bytes
-from toolroute.runtime.metrics import EvalReport, Prediction, evaluate_predictions
+from toolroute.grammars.output_bound import completion_token_budget
+from toolroute.runtime.chat_template import ChatTemplate, RouterPrompt
+from toolroute.train.examples import Example
+from toolroute.train.run_dir import RunDir, RunManifest
 
-from .examples import Example
-from .run_dir import RunDir, RunManifest
-
-
-def capped(schema: Any, options: GrammarOptions) -> Any:
-    """The schema with the GBNF's caps spelled out: `maxLength` on strings (patterns, enums and
-    formats aside), `maxItems` on arrays, so that outlines admits the outputs the runtime's grammar
-    admits and every generation ends within the same token budget."""
-    if isinstance(schema, list):
-        return [capped(item, options) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: capped(value, options) for key, value in schema.items()}
-    if out.get("type") == "string" and not {"enum", "const", "pattern", "format"} & out.keys():
-        out["maxLength"] = min(out.get("maxLength", options.max_string_length), options.max_string_length)
-    if out.get("type") == "array":
-        out["maxItems"] = min(out.get("maxItems", options.max_array_items), options.max_array_items)
-    return out
+from .evaluate import gold_of, prediction_of_text
+from .metrics import EvalReport, Prediction, evaluate_predictions
 
 
 class HfRouter:
@@ -56,7 +40,7 @@ class HfRouter:
         from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from .bases import Base
+        from toolroute.train.bases import Base
 
         self.run = RunDir(Path(run_path))
         self.manifest: RunManifest = self.run.load_manifest()
@@ -80,7 +64,7 @@ class HfRouter:
             from outlines.types import JsonSchema
 
             self._outlines = outlines.from_transformers(self.model, self.tokenizer)
-            schema = capped(output_json_schema(self.catalogue, GrammarOptions()), GrammarOptions())
+            schema = output_json_schema(self.catalogue, GrammarOptions())
             self._output_type = JsonSchema(json.dumps(schema), whitespace_pattern="", ensure_ascii=False)
         return self._outlines, self._output_type
 
@@ -112,10 +96,7 @@ def run_catalogue(run_path: str | Path) -> Catalogue:
     """A finished run's catalogue, from its manifest (checked against the recorded hash)."""
     run = RunDir(Path(run_path))
     manifest = run.load_manifest()
-    catalogue = Catalogue.from_openai(manifest.catalogue, where=str(run.manifest_path))
-    if catalogue.sha256 != manifest.catalogue_sha256:
-        raise ValueError(f"{run.manifest_path}: the catalogue does not match its recorded hash")
-    return catalogue
+    return manifest.load_catalogue(str(run.manifest_path))
 
 
 def evaluate_run(
@@ -128,8 +109,7 @@ def evaluate_run(
     """Greedy outputs for `examples`, scored. The default token budget is the grammar's own bound
     on the output's length in bytes (as at run time), so no valid output is ever cut short."""
     if max_new_tokens is None:
-        bound = gbnf_max_bytes(catalogue_gbnf(router.catalogue, GrammarOptions()))
-        max_new_tokens = (bound or 1024) + 1
+        max_new_tokens = completion_token_budget(catalogue_gbnf(router.catalogue, GrammarOptions()))
     predictions = []
     label = "free" if unconstrained else "outlines"
     for example in tqdm(examples, desc=f"eval {router.run.path} ({label})", leave=False):

@@ -2,8 +2,10 @@
 
 Training (prompt/completion rows) and the runtime (what llama.cpp is fed) both call
 `RouterPrompt.render`, so the prompt a router was trained on is the prompt it is served, byte
-for byte. Templates are rendered by llama-cpp-python's Jinja2 chat formatter (a sandboxed
-Jinja2 environment, the same one its own chat completion uses).
+for byte. Templates are rendered by llama-cpp-python's Jinja2 chat formatter on a sandbox that
+also bounds sizes and work (`template_sandbox.py`): a router file's template comes from whoever
+made the file, and one that fails or goes past a bound is a `ChatTemplateError`, never a crash
+or an unbounded allocation.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+import jinja2
 from pydantic import BaseModel, ConfigDict
+
+from .gguf_header import read_gguf_metadata
+from .results import RouteInputError
+from .template_sandbox import BoundedChatFormatter, TemplateLimitError, check_template
 
 SENTINEL = "\x00toolroute-completion\x00"
 
@@ -39,10 +45,39 @@ FALLBACK_TEMPLATES = {
 }
 
 
+class ChatTemplateError(RouteInputError):
+    """The chat template does not compile, refuses the conversation (its `raise_exception`), fails,
+    or goes past a bound of the sandbox. A RouteInputError: at route time the conversation is
+    what the template refused; a router file whose template fails on its own probes is refused
+    at load."""
+
+
+# What rendering a template can raise: Jinja's errors, the sandbox's bounds, `raise_exception`
+# (a ValueError), a template's own type or arithmetic errors, and recursion (a macro calling itself).
+_TEMPLATE_FAILURES = (
+    jinja2.TemplateError,
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    LookupError,
+    RecursionError,
+)
+
+
 @functools.lru_cache(maxsize=16)
-def _formatter(template: str, eos: str, bos: str, add_generation_prompt: bool) -> Jinja2ChatFormatter:
+def _formatter(template: str, eos: str, bos: str, add_generation_prompt: bool) -> BoundedChatFormatter:
     """Compiling a Jinja template costs milliseconds; the runtime renders one per request."""
-    return Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=add_generation_prompt)
+    try:
+        return BoundedChatFormatter(template, eos, bos, add_generation_prompt=add_generation_prompt)
+    except _TEMPLATE_FAILURES as exc:
+        raise _template_error(exc, "does not compile") from None
+
+
+def _template_error(exc: BaseException, situation: str) -> ChatTemplateError:
+    if isinstance(exc, TemplateLimitError):
+        return ChatTemplateError(str(exc))  # it already says what the template did
+    reason = "it recurses too deeply" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+    return ChatTemplateError(f"the chat template {situation}: {reason}")
 
 
 class Turn(BaseModel):
@@ -72,6 +107,16 @@ class ChatTemplate(BaseModel):
         """Read the template and special tokens from a GGUF (vocabulary only: fast)."""
         from llama_cpp import Llama
 
+        # `Llama(...)` compiles the file's templates with Jinja, which evaluates constant
+        # expressions while compiling, unbounded: check them from the header first.
+        for key, value in read_gguf_metadata(path).items():
+            if key.startswith("tokenizer.chat_template"):
+                try:
+                    check_template(value)
+                except _TEMPLATE_FAILURES as exc:
+                    raise ChatTemplateError(
+                        f"{path}: {key}: {_template_error(exc, 'does not compile')}"
+                    ) from None
         llama = Llama(str(path), vocab_only=True, verbose=False)
         try:
             architecture = llama.metadata.get("general.architecture", "")
@@ -91,7 +136,12 @@ class ChatTemplate(BaseModel):
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         formatter = _formatter(self.template, self.eos_token, self.bos_token, add_generation_prompt)
-        return formatter(messages=messages).prompt
+        try:
+            return formatter(messages=messages).prompt
+        except ChatTemplateError:
+            raise
+        except _TEMPLATE_FAILURES as exc:
+            raise _template_error(exc, "fails on this conversation") from None
 
     def render_prompt(self, messages: list[dict[str, Any]]) -> str:
         """The conversation up to and including the assistant header the model continues from."""
@@ -107,7 +157,9 @@ class ChatTemplate(BaseModel):
         prompt = self.render_prompt(probe)
         full = self._render([*probe, {"role": "assistant", "content": SENTINEL}], add_generation_prompt=False)
         if SENTINEL not in full or not full.startswith(prompt):
-            raise ValueError("chat template does not render an assistant answer after its generation prompt")
+            raise ChatTemplateError(
+                "chat template does not render an assistant answer after its generation prompt"
+            )
         after = full[full.index(SENTINEL) + len(SENTINEL) :].strip()
         return after or self.eos_token
 

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from toolroute.grammars import NO_TOOL, Catalogue
+from toolroute.runtime.files import atomic_write_png
 
-from .files import atomic_write_png
 from .metrics import INVALID, EvalReport, Gold, Prediction, outcome
 
 EVAL_FORMAT = "toolroute-eval/1"

@@ -1,6 +1,6 @@
 """One benchmark row: load a router GGUF, route a labelled set, report speed, footprint and accuracy.
 
-    python -m toolroute.runtime.measure FILE.gguf --data eval.jsonl [--runner router|naive]
+    python -m toolroute.bench.measure FILE.gguf --data eval.jsonl [--runner router|naive]
                                         [--limit N] [--threads T] --json OUT.json
 
 Run once per file in a fresh process (the benchmark does), so that load time and peak RSS
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .files import atomic_write_text
+from toolroute.runtime.files import atomic_write_text
+from toolroute.runtime.resources import peak_rss_mb
+
 from .metrics import EvalReport, Prediction, evaluate_predictions
 
 WARMUP = 2
@@ -45,34 +46,33 @@ class Measurement(BaseModel):
     report: EvalReport
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. VmHWM belongs to the process's own memory map; `ru_maxrss` on
-    Linux keeps the parent's peak across fork and exec (a bench parent holding torch showed
-    1.8 GB for every child), so it is only the fallback where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
 def _naive_predictions(path: Path, examples: list[Any], threads: int) -> tuple[list[Prediction], float, Any]:
     from llama_cpp import Llama, LlamaGrammar
 
+    from toolroute.grammars.output_bound import completion_token_budget
+    from toolroute.runtime.router_file import read_router_file
+    from toolroute.runtime.template_sandbox import BoundedChatFormatter
+
     from .evaluate import prediction_of_text
-    from .limits import gbnf_max_bytes
-    from .router_file import RouterMetadata
 
     started = time.perf_counter()
+    # Checked before llama.cpp opens the file, as Router.load does: the grammar handed to
+    # LlamaGrammar below is the one the catalogue makes, never the file's own text unchecked.
+    router_file = read_router_file(path)
+    metadata, catalogue = router_file.metadata, router_file.catalogue
     # The router's threads for prompts too (llama-cpp-python's default for prompts is every CPU).
     llama = Llama(str(path), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-    metadata = RouterMetadata.from_kv(llama.metadata, where=str(path))
-    catalogue = metadata.load_catalogue()
+    # llama-cpp-python's own chat handler for the file's template, on the bounded sandbox.
+    eos, bos = llama.token_eos(), llama.token_bos()
+    llama.chat_handler = BoundedChatFormatter(
+        metadata.chat_template,
+        eos_token=llama.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else "",
+        bos_token=llama.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else "",
+        stop_token_ids=[eos],
+    ).to_chat_handler()
     grammar = LlamaGrammar.from_string(metadata.grammar, verbose=False)
     load_s = time.perf_counter() - started
-    max_tokens = (gbnf_max_bytes(metadata.grammar) or 1024) + 1
+    max_tokens = completion_token_budget(metadata.grammar)
 
     def complete(example: Any) -> tuple[str, float, int, int]:
         messages = [{"role": "system", "content": metadata.system_prompt}]
@@ -101,8 +101,9 @@ def _naive_predictions(path: Path, examples: list[Any], threads: int) -> tuple[l
 def _router_predictions(
     path: Path, examples: list[Any], threads: int, options: dict[str, Any]
 ) -> tuple[list[Prediction], float, Any]:
+    from toolroute.runtime.router import Router
+
     from .evaluate import prediction_of
-    from .router import Router
 
     started = time.perf_counter()
     router = Router.load(path, n_threads=threads, min_confidence=0.0, **options)
@@ -122,16 +123,13 @@ RUNNERS = {"router": {}, "router-no-prefix-cache": {"cache_prefix": False}, "nai
 
 
 def measure(path: Path, data: Path, runner: str, limit: int | None, threads: int | None) -> Measurement:
-    from toolroute.train.formats import read_examples
+    from toolroute.runtime.router import _default_threads
+    from toolroute.train.formats import read_valid_examples
 
     from .evaluate import gold_of, spread
-    from .router import _default_threads
 
     threads = threads or _default_threads(1)
-    read = read_examples(data, _embedded_catalogue(path))
-    if read.errors:
-        raise ValueError(f"{data}: {len(read.errors)} invalid rows, first: {read.errors[0]}")
-    examples = spread(read.examples, limit)
+    examples = spread(read_valid_examples(data, _embedded_catalogue(path)).examples, limit)
     options = RUNNERS[runner]
     if options is None:
         predictions, load_s, catalogue = _naive_predictions(path, examples, threads)
@@ -156,15 +154,9 @@ def measure(path: Path, data: Path, runner: str, limit: int | None, threads: int
 
 
 def _embedded_catalogue(path: Path) -> Any:
-    from llama_cpp import Llama
+    from toolroute.runtime.router_file import read_router_file
 
-    from .router_file import RouterMetadata
-
-    vocab = Llama(str(path), vocab_only=True, verbose=False)
-    try:
-        return RouterMetadata.from_kv(vocab.metadata, where=str(path)).load_catalogue()
-    finally:
-        vocab.close()
+    return read_router_file(path).catalogue
 
 
 def _progress(items: list[Any], description: str) -> Any:
@@ -175,7 +167,7 @@ def _progress(items: list[Any], description: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m toolroute.runtime.measure", description=__doc__.split("\n")[0]
+        prog="python -m toolroute.bench.measure", description=__doc__.split("\n")[0]
     )
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, required=True)

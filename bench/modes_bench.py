@@ -1,7 +1,7 @@
 """The prompt-mode comparison: one training config trained and evaluated once per prompt mode.
 
 `full | compact | names | none` differ in how much of the catalogue the system prompt spells out
-(see `grammars/prompt.py`); a longer prompt costs training time (tokens x parameters) and prompt
+(see `grammars/system_prompt.py`); a longer prompt costs training time (tokens x parameters) and prompt
 tokens per request, and may or may not buy accuracy. Each mode is a run `NAME-MODE` (reused when
 complete with the same config), exported at Q4_K_M and measured like a benchmark row.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from toolroute.bench.measure import Measurement
 from toolroute.runtime.files import atomic_write_png, atomic_write_text
-from toolroute.runtime.measure import Measurement
 
-from .bench import _machine, _num, _pct, measure_in_subprocess
+from .quant_bench import _machine, _num, _pct, measure_in_subprocess
 
 MODES = ("full", "compact", "names", "none")
 LEVEL = "q4_k_m"
@@ -73,7 +73,7 @@ def bench_modes(
     from toolroute.train.config import load_config
     from toolroute.train.run_dir import RunDir
 
-    from .bench import router_files
+    from .quant_bench import router_files
 
     started = time.perf_counter()
     rows = []

@@ -5,26 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from .router_file import RouterMetadata
-
-
-def read_metadata(path: str) -> tuple[RouterMetadata, dict[str, str]]:
-    from llama_cpp import Llama
-
-    llama = Llama(path, vocab_only=True, verbose=False)
-    try:
-        kv = dict(llama.metadata)
-    finally:
-        llama.close()
-    return RouterMetadata.from_kv(kv, where=path), kv
+from toolroute.runtime.router_file import read_router_file
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    metadata, kv = read_metadata(args.file)
+    router_file = read_router_file(args.file)
+    metadata, kv, catalogue = router_file.metadata, router_file.kv, router_file.catalogue
     if args.grammar:
         print(metadata.grammar, end="")
         return 0
-    catalogue = metadata.load_catalogue()
     summary = {
         "file": args.file,
         "format_version": metadata.format_version,
@@ -35,6 +24,9 @@ def _inspect(args: argparse.Namespace) -> int:
         "prompt_mode": metadata.prompt_mode,
         "system_prompt": metadata.system_prompt,
         "grammar_rules": metadata.grammar.count("::="),
+        # False: the file's embedded GBNF (what stock llama.cpp users get) is not the grammar the
+        # catalogue makes today; toolroute decodes with the regenerated one.
+        "embedded_grammar_matches": router_file.embedded_grammar_matches,
         "grammar_options": json.loads(metadata.grammar_options),
         "completion_suffix": metadata.completion_suffix,
         "base": json.loads(metadata.base),
@@ -48,5 +40,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("inspect", help="print the router metadata embedded in a GGUF")
     parser.add_argument("file", help="a router GGUF exported by toolroute")
-    parser.add_argument("--grammar", action="store_true", help="print the embedded GBNF grammar instead")
+    parser.add_argument(
+        "--grammar", action="store_true", help="print the GBNF grammar the router decodes with instead"
+    )
     parser.set_defaults(handler=_inspect)

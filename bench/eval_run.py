@@ -1,7 +1,7 @@
-"""`toolroute eval --model (runs/NAME | FILE.gguf) --data eval.jsonl`: the evaluation report.
+"""What `toolroute eval --model (runs/NAME | FILE.gguf) --data eval.jsonl` does: the evaluation report.
 
 A GGUF is scored with the runtime (torch-free); a training run directory with the merged model
-in transformers (`toolroute.train.hf_eval`, needs the `train` extra). Writes `eval.json`,
+in transformers (`toolroute.bench.hf_eval`, needs the `train` extra). Writes `eval.json`,
 `eval.md` and `risk_coverage.png` to `--out` (default: `FILE.eval/` beside a GGUF,
 `runs/NAME/eval/` for a run; `-free` appended with `--unconstrained`) and prints the four numbers.
 """
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .files import file_sha256
+from toolroute.runtime.files import file_sha256
+
 from .reporting import (
-    MAX_RISK,
     DataInfo,
     EvalDocument,
     ModelInfo,
@@ -29,18 +29,11 @@ from .reporting import (
 
 
 def _examples(path: Path, catalogue: Any, limit: int | None) -> list[Any]:
-    from toolroute.train.formats import read_examples
+    from toolroute.train.formats import read_valid_examples
 
-    result = read_examples(path, catalogue)
-    if result.errors:
-        shown = "\n".join(f"  {error}" for error in result.errors[:10])
-        more = f"\n  ... and {len(result.errors) - 10} more" if len(result.errors) > 10 else ""
-        raise ValueError(f"{path}: {len(result.errors)} invalid rows:\n{shown}{more}")
-    if not result.examples:
-        raise ValueError(f"{path}: no examples")
     from .evaluate import spread
 
-    return spread(result.examples, limit)
+    return spread(read_valid_examples(path, catalogue).examples, limit)
 
 
 # What produced the outputs, by model kind and whether generation was unconstrained.
@@ -64,8 +57,9 @@ def default_out(model: Path, unconstrained: bool) -> Path:
 
 
 def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, Any]:
+    from toolroute.runtime.router import Router
+
     from .evaluate import evaluate_router
-    from .router import Router
 
     router = Router.load(model, n_threads=args.threads, n_ctx=args.n_ctx, min_confidence=0.0)
     try:
@@ -83,12 +77,10 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
 
 
 def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
-    try:
-        from toolroute.train.hf_eval import HfRouter, evaluate_run, run_catalogue
-    except ImportError as exc:
-        raise ValueError(f"evaluating a training run needs the train extra ({exc.name} is missing)") from None
-
+    # Without the train extra this raises ModuleNotFoundError; the CLI names the extra to install.
     from toolroute.train.run_dir import IncompleteRun
+
+    from .hf_eval import HfRouter, evaluate_run, run_catalogue
 
     try:
         catalogue = run_catalogue(model)
@@ -127,19 +119,15 @@ def _document(
 
 def write_threshold(model: Path, router: Any, threshold: float) -> None:
     """Rewrite the router file with `toolroute.min_confidence` (atomic; its .sha256 too)."""
-    try:
-        from toolroute.export.embed import publish_router_gguf
-    except ImportError as exc:
-        raise ValueError(
-            f"--pick-threshold rewrites the GGUF with the `gguf` package ({exc.name} is missing); "
-            "install the train extra"
-        ) from None
+    from toolroute.export.embed import publish_router_gguf
+
     metadata = router.metadata.model_copy(update={"min_confidence": repr(threshold)})
     router.close()  # llama.cpp maps the file; let go of it before it is replaced
     publish_router_gguf(model, model, metadata)
 
 
-def _eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace) -> int:
+    """`toolroute eval`: score, write the reports, print the summary; the exit status."""
     model = Path(args.model)
     if not model.exists():
         raise FileNotFoundError(f"{model}: no such run directory or GGUF file")
@@ -147,6 +135,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.data}: no such data file")
     if args.pick_threshold and (args.unconstrained or model.is_dir()):
         raise ValueError("--pick-threshold needs a router GGUF evaluated with its grammar (its confidence)")
+    if args.pick_threshold:
+        # Before minutes of evaluation: rewriting the GGUF needs the `gguf` package (train extra);
+        # without it this raises ModuleNotFoundError and the CLI names the extra.
+        import toolroute.export.embed  # noqa: F401
     status = 0
     if model.is_dir():
         document = evaluate_run_dir(args, model)
@@ -173,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _write(document: EvalDocument, out: Path) -> None:
-    from .files import atomic_write_text
+    from toolroute.runtime.files import atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval.json", dump_json(document))
@@ -200,32 +192,3 @@ def _summary(document: EvalDocument, out: Path) -> str:
     lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]
     lines.append(f"report: {out / 'eval.md'}, {out / 'eval.json'}")
     return "\n".join(lines)
-
-
-def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("eval", help="score a router GGUF or a training run on labelled data")
-    parser.add_argument(
-        "--model", required=True, help="a router GGUF, or a training run directory (runs/NAME)"
-    )
-    parser.add_argument(
-        "--data", required=True, type=Path, help="labelled JSONL (any format `data check` reads)"
-    )
-    parser.add_argument(
-        "--unconstrained", action="store_true", help="free greedy generation, parsed afterwards (no grammar)"
-    )
-    parser.add_argument(
-        "--pick-threshold",
-        action="store_true",
-        help="write the confidence threshold that keeps silent errors <= --max-risk into the GGUF",
-    )
-    parser.add_argument(
-        "--max-risk",
-        type=float,
-        default=MAX_RISK,
-        help="silent-error rate the threshold keeps (default 0.01)",
-    )
-    parser.add_argument("--limit", type=int, help="N examples spread evenly over the file")
-    parser.add_argument("--out", help="report directory (default: beside the model)")
-    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: half the cores)")
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
-    parser.set_defaults(handler=_eval)

@@ -166,6 +166,17 @@ def _split_rules(text: str) -> list[tuple[str, str]]:
     return rules
 
 
+# A grammar with no finite bound (never one toolroute writes) gets this many completion tokens.
+FALLBACK_COMPLETION_TOKENS = 1024
+
+
+def completion_token_budget(gbnf: str) -> int:
+    """The completion tokens an output of `gbnf` may need: one token spells at least one byte, so
+    the grammar's byte bound, plus the end-of-generation token. No valid output is ever cut short."""
+    bound = gbnf_max_bytes(gbnf)
+    return FALLBACK_COMPLETION_TOKENS if bound is None else bound + 1
+
+
 def gbnf_max_bytes(gbnf: str, root: str = "root") -> int | None:
     """The byte length of the longest text `gbnf` accepts; None if unbounded or unreadable."""
     try:

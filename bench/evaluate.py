@@ -16,11 +16,11 @@ from llama_cpp import Llama
 from tqdm import tqdm
 
 from toolroute.grammars import NO_TOOL, Catalogue, NoTool, ToolCall
+from toolroute.runtime.results import RouteInputError, RouteResult
+from toolroute.runtime.router import Router
 from toolroute.train.examples import Example
 
 from .metrics import EvalReport, Gold, Prediction, evaluate_predictions
-from .results import RouteInputError, RouteResult
-from .router import Router
 
 
 def prediction_of(result: RouteResult) -> Prediction:

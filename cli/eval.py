@@ -1,0 +1,43 @@
+"""`toolroute eval --model (runs/NAME | FILE.gguf) --data eval.jsonl` (see `toolroute.bench.eval_run`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from toolroute.bench.reporting import MAX_RISK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from toolroute.bench.eval_run import run_eval
+
+    return run_eval(args)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="score a router GGUF or a training run on labelled data")
+    parser.add_argument(
+        "--model", required=True, help="a router GGUF, or a training run directory (runs/NAME)"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="labelled JSONL (any format `data check` reads)"
+    )
+    parser.add_argument(
+        "--unconstrained", action="store_true", help="free greedy generation, parsed afterwards (no grammar)"
+    )
+    parser.add_argument(
+        "--pick-threshold",
+        action="store_true",
+        help="write the confidence threshold that keeps silent errors <= --max-risk into the GGUF",
+    )
+    parser.add_argument(
+        "--max-risk",
+        type=float,
+        default=MAX_RISK,
+        help="silent-error rate the threshold keeps (default 0.01)",
+    )
+    parser.add_argument("--limit", type=int, help="N examples spread evenly over the file")
+    parser.add_argument("--out", help="report directory (default: beside the model)")
+    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: half the cores)")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    parser.set_defaults(handler=_eval)
