@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from toolroute.runtime.files import file_sha256
+from toolroute.runtime.thresholds import CALL_SCORES, CallThreshold, NoToolThreshold
 
 from .reporting import (
     DataInfo,
     EvalDocument,
     ModelInfo,
+    StoredRules,
     dump_json,
     error_cases,
     headline_rows,
@@ -26,6 +28,7 @@ from .reporting import (
     risk_coverage_plot,
     threshold_choice,
 )
+from .thresholds import apply_rules, curve, pick_call_threshold, pick_no_tool_threshold, summarize
 
 
 def _examples(path: Path, catalogue: Any, limit: int | None) -> list[Any]:
@@ -61,7 +64,12 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
 
     from .evaluate import evaluate_router
 
-    router = Router.load(model, n_threads=args.threads, n_ctx=args.n_ctx, min_confidence=0.0)
+    # No stored rule holds anything back while scoring: the sweeps see every call, and the file's
+    # rules are applied afterwards to report the numbers with and without them.
+    copy_rule = not getattr(args, "no_copy_rule", False)
+    router = Router.load(
+        model, n_threads=args.threads, n_ctx=args.n_ctx, stored_thresholds=False, copy_rule=copy_rule
+    )
     try:
         examples = _examples(args.data, router.catalogue, args.limit)
         report, predictions = evaluate_router(router, examples, unconstrained=args.unconstrained)
@@ -69,8 +77,15 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
             path=str(model), kind="gguf", backend=BACKENDS["gguf"][args.unconstrained],
             constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
             sha256=file_sha256(model), prompt_mode=router.metadata.prompt_mode,
+            copied_arguments=[entry.key for entry in router.copy_rule.copied],
         )  # fmt: skip
-        return _document(args, info, report, examples, predictions, router.catalogue), router
+        stored = StoredRules(
+            min_confidence=router.metadata.threshold,
+            call_threshold=router.metadata.call_rule,
+            no_tool_threshold=router.metadata.no_tool_rule,
+        )
+        document = _document(args, info, report, examples, predictions, router.catalogue, stored)
+        return document, router
     except BaseException:
         router.close()
         raise
@@ -87,7 +102,7 @@ def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
     except IncompleteRun as exc:
         raise ValueError(str(exc)) from None
     examples = _examples(args.data, catalogue, args.limit)  # bad data fails before loading
-    router = HfRouter(model)
+    router = HfRouter(model, copy_rule=not getattr(args, "no_copy_rule", False))
     report, predictions = evaluate_run(router, examples, unconstrained=args.unconstrained)
     info = ModelInfo(
         path=str(model), kind="run", backend=BACKENDS["run"][args.unconstrained],
@@ -104,24 +119,51 @@ def _document(
     examples: list[Any],
     predictions: list[Any],
     catalogue: Any,
+    stored: StoredRules | None = None,
 ) -> EvalDocument:
     from .evaluate import gold_of
 
     golds = [gold_of(example) for example in examples]
+    # Abstention first, then the call threshold on what abstention leaves (see thresholds.py).
+    no_tool = pick_no_tool_threshold(golds, predictions, catalogue)
+    abstained = apply_rules(predictions, no_tool_rule=no_tool.rule)
+    with_stored = None
+    if stored is not None and stored.any:
+        ruled = apply_rules(
+            predictions, stored.call_threshold, stored.no_tool_threshold, stored.min_confidence
+        )
+        with_stored = summarize(golds, ruled, catalogue)
     return EvalDocument(
         model=info,
         data=DataInfo(path=str(args.data), sha256=file_sha256(args.data), examples=len(examples)),
         report=report,
         threshold=threshold_choice(report, args.max_risk),
+        call_threshold=pick_call_threshold(golds, abstained, catalogue, args.max_risk),
+        no_tool_threshold=no_tool,
+        risk_coverage_by_score={score: curve(golds, predictions, catalogue, score) for score in CALL_SCORES},
+        stored_rules=stored,
+        without_rules=summarize(golds, predictions, catalogue),
+        with_stored_rules=with_stored,
         errors=error_cases(golds, predictions, catalogue),
     )
 
 
-def write_threshold(model: Path, router: Any, threshold: float) -> None:
-    """Rewrite the router file with `toolroute.min_confidence` (atomic; its .sha256 too)."""
+def write_rules(model: Path, router: Any, call: CallThreshold, no_tool: NoToolThreshold | None) -> None:
+    """Rewrite the router file with the picked rules (atomic; its .sha256 too). A name-probability
+    threshold goes where format 1 kept it (`toolroute.min_confidence`); the other call scores in
+    `toolroute.call_threshold`; abstention in `toolroute.no_tool_threshold` (cleared when none)."""
     from toolroute.export.embed import publish_router_gguf
+    from toolroute.runtime.router_file import FORMAT_VERSION
 
-    metadata = router.metadata.model_copy(update={"min_confidence": repr(threshold)})
+    name = call.score == "name_probability"
+    metadata = router.metadata.model_copy(
+        update={
+            "format_version": FORMAT_VERSION,
+            "min_confidence": repr(call.value) if name else None,
+            "call_threshold": None if name else call.model_dump_json(),
+            "no_tool_threshold": None if no_tool is None else no_tool.model_dump_json(),
+        }
+    )
     router.close()  # llama.cpp maps the file; let go of it before it is replaced
     publish_router_gguf(model, model, metadata)
 
@@ -146,7 +188,8 @@ def run_eval(args: argparse.Namespace) -> int:
         document, router = evaluate_gguf(args, model)
         try:
             if args.pick_threshold:
-                if document.threshold.threshold is None:
+                call = document.call_threshold.rule
+                if call is None:
                     print(
                         f"toolroute eval: no threshold keeps silent errors at or below {args.max_risk:.1%}; "
                         "the file is unchanged",
@@ -154,8 +197,10 @@ def run_eval(args: argparse.Namespace) -> int:
                     )
                     status = 1
                 else:
-                    write_threshold(model, router, document.threshold.threshold)
-                    document.threshold.written_to = str(model)
+                    write_rules(model, router, call, document.no_tool_threshold.rule)
+                    document.written_to = str(model)
+                    if call.score == "name_probability":
+                        document.threshold.written_to = str(model)
         finally:
             router.close()
     out = Path(args.out) if args.out else default_out(model, args.unconstrained)
@@ -181,12 +226,27 @@ def _summary(document: EvalDocument, out: Path) -> str:
         rows.append(("slot F1", f"{report.slot_f1:.3f}"))
     if report.latency_ms_p50 is not None:
         rows.append(("latency p50 / p95 (ms)", f"{report.latency_ms_p50:.0f} / {report.latency_ms_p95:.0f}"))
-    choice = document.threshold
-    if choice.threshold is not None:
+    choice, call = document.threshold, document.call_threshold
+    if call.rule is not None:
         rows.append(
-            (f"threshold for <= {choice.max_silent_error_rate:.0%} silent errors",
-             f"{choice.threshold:.4f} (coverage {choice.coverage:.0%})")
+            (f"call threshold for <= {choice.max_silent_error_rate:.0%} silent errors",
+             f"{call.rule.score} >= {call.rule.value:.4f} (coverage {call.coverage:.0%})")
         )  # fmt: skip
+    if document.no_tool_threshold.rule is not None:
+        rule = document.no_tool_threshold.rule
+        rows.append(("abstention (picked on these rows)", f"{rule.score} {rule.value:.4f}"))
+    for label, summary in (
+        ("without rules", document.without_rules),
+        ("with the file's rules", document.with_stored_rules),
+    ):
+        if summary is not None:
+            false_calls = (
+                "n/a" if summary.false_tool_call_rate is None else f"{summary.false_tool_call_rate:.1%}"
+            )
+            rows.append(
+                (label, f"dispatched {summary.coverage:.1%}, silent errors {summary.silent_error_rate:.1%}, "
+                 f"false calls {false_calls}")
+            )  # fmt: skip
     width = max(len(name) for name, _ in rows)
     lines = [f"{document.model.path} on {document.data.path} ({document.data.examples} examples)"]
     lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]

@@ -2,11 +2,16 @@
 
     python -m toolroute.bench.latency [ROUTER.gguf] [--quant-files A.gguf B.gguf ...] [--limit N]
                                     [--threads T] [--contexts] [--prompt-mode compact]
+    python -m toolroute.bench.latency breakdown ...   (see latency_breakdown.py)
+
+`breakdown` splits each route into prompt evaluation, decode steps, grammar masks, forced bytes,
+confidence and Python overhead, per catalogue (customer support, a mid-size HWU64 subset, full
+HWU64); the rest of this docstring is the comparison of configurations.
 
 Without a router file, the untuned customer-support router is built from the default base into a
-temporary directory (the latency of an untuned router is the latency of a trained one: the same
-prompt and grammar, and outputs of the same shape). A file without router metadata (a plain
-quantized GGUF, say) gets the customer-support metadata embedded the same way.
+temporary directory (`router_files.py`: the same prompt, grammar and code as a trained router,
+but it fills optional strings up to the caps, so its outputs run longer). A file without router
+metadata (a plain quantized GGUF, say) gets the customer-support metadata embedded the same way.
 
 Configurations:
 
@@ -14,7 +19,8 @@ Configurations:
 - `router, no prefix cache`: the whole prompt evaluated for every request;
 - `router, no fast-forward`: every output token decoded by the model;
 - `naive`: `Llama.create_chat_completion(messages, grammar=LlamaGrammar.from_string(gbnf),
-  temperature=0)` on the same GGUF (which reuses the previous prompt's KV prefix by itself).
+  temperature=0)` on the same GGUF (which reuses the previous prompt's KV prefix by itself):
+  `measure.NaiveRunner`, the one naive runner of the benchmarks.
 
 The requests are the customer-support eval set (`examples/customer_support/eval.jsonl`, the user
 message of each row). Latencies are measured in one process with every configuration loaded,
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from toolroute.bench.metrics import percentile
+from toolroute.bench.router_files import embed_catalogue, has_router_metadata, untuned_router
 from toolroute.runtime.resources import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,44 +56,6 @@ CONFIGS = {
     "router, no fast-forward": {"cache_prefix": True, "fast_forward": False},
     "naive create_chat_completion": None,
 }
-
-
-# -- router files ------------------------------------------------------------------------------
-
-
-def has_router_metadata(path: Path) -> bool:
-    from llama_cpp import Llama
-
-    vocab = Llama(str(path), vocab_only=True, verbose=False)
-    try:
-        return any(key.startswith("toolroute.") for key in vocab.metadata)
-    finally:
-        vocab.close()
-
-
-def embed_customer_support(source: Path, destination: Path, mode: str) -> Path:
-    """`source` with the customer-support router metadata (default grammar options)."""
-    from toolroute.export.embed import write_router_gguf
-    from toolroute.grammars import GrammarOptions, catalogue_gbnf, load_catalogue, render_system_prompt
-    from toolroute.runtime.chat_template import ChatTemplate
-    from toolroute.runtime.router_file import RouterMetadata
-
-    catalogue = load_catalogue(TOOLS)
-    template = ChatTemplate.from_gguf(source)
-    options = GrammarOptions()
-    metadata = RouterMetadata(
-        catalogue=catalogue.to_json(),
-        catalogue_sha256=catalogue.sha256,
-        prompt_mode=mode,
-        system_prompt=render_system_prompt(catalogue, mode),
-        grammar=catalogue_gbnf(catalogue, options),
-        grammar_options=options.model_dump_json(),
-        chat_template=template.template,
-        completion_suffix=template.completion_suffix(),
-        base=json.dumps({"spec": str(source)}),
-        manifest_sha256="0" * 64,
-    )
-    return write_router_gguf(source, destination, metadata)
 
 
 def requests(limit: int | None) -> list[str]:
@@ -113,42 +82,23 @@ class RouterRunner:
         return result.latency_ms, result.raw, evaluated, result.completion_tokens, valid
 
 
-class NaiveRunner:
-    """`Llama.create_chat_completion` with the router's grammar, greedy, on the same file."""
+class NaiveCall:
+    """`measure.NaiveRunner` (create_chat_completion with the router's grammar), as a runner here."""
 
     def __init__(self, path: str, threads: int) -> None:
-        from llama_cpp import Llama, LlamaGrammar
+        from .measure import NaiveRunner as Runner
 
-        from toolroute.grammars.output_bound import completion_token_budget
-        from toolroute.runtime.router_file import RouterMetadata
-
-        # The same threads for prompts as for steps, as the router uses (llama-cpp-python's default
-        # for prompts is every CPU, which spin-waits badly on a shared machine).
-        self.llama = Llama(path, n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-        self.metadata = RouterMetadata.from_kv(self.llama.metadata, where=path)
-        self.catalogue = self.metadata.load_catalogue()
-        self.grammar = LlamaGrammar.from_string(self.metadata.grammar, verbose=False)
-        self.max_tokens = completion_token_budget(self.metadata.grammar)
+        self.runner = Runner(path, threads)
 
     def __call__(self, text: str) -> tuple[float, str, int, int, bool]:
-        messages = [
-            {"role": "system", "content": self.metadata.system_prompt},
-            {"role": "user", "content": text},
-        ]
-        begin = time.perf_counter()
-        response = self.llama.create_chat_completion(
-            messages, grammar=self.grammar, temperature=0.0, max_tokens=self.max_tokens
-        )
-        latency = (time.perf_counter() - begin) * 1000.0
-        content = response["choices"][0]["message"]["content"] or ""
-        usage = response["usage"]
-        valid = self.catalogue.parse(content) is not None
-        return latency, content, usage["prompt_tokens"], usage["completion_tokens"], valid
+        done = self.runner.complete(text)
+        valid = self.runner.catalogue.parse(done.content) is not None
+        return done.latency_ms, done.content, done.prompt_tokens, done.completion_tokens, valid
 
 
 def make_runner(path: str, threads: int, name: str) -> Any:
     options = CONFIGS[name]
-    return NaiveRunner(path, threads) if options is None else RouterRunner(path, threads, options)
+    return NaiveCall(path, threads) if options is None else RouterRunner(path, threads, options)
 
 
 def run_footprint(path: str, texts: list[str], threads: int, name: str) -> dict[str, Any]:
@@ -236,7 +186,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(spec: dict[str, Any]) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    command = [sys.executable, "-m", "toolroute.bench.latency", "--worker", json.dumps(spec)]
     done = subprocess.run(command, capture_output=False, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -245,7 +195,14 @@ def spawn(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["breakdown"]:
+        from .latency_breakdown import main as breakdown
+
+        return breakdown(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m toolroute.bench.latency", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("router", nargs="?", help="a router GGUF (default: the untuned customer-support one)")
     parser.add_argument("--quant-files", nargs="*", default=[], help="more GGUF files to compare")
     parser.add_argument("--limit", type=int, help="only the first N eval requests")
@@ -264,16 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         files: list[Path] = []
         for index, given in enumerate([args.router, *args.quant_files]):
             if given is None:
-                from toolroute.runtime.base_models import packaged_gguf
-
                 print("building the untuned customer-support router from the default base", file=sys.stderr)
                 target = Path(scratch) / "customer-support-untuned.gguf"
-                files.append(embed_customer_support(packaged_gguf(), target, args.prompt_mode))
+                files.append(untuned_router(TOOLS, target, args.prompt_mode))
             elif has_router_metadata(Path(given)):
                 files.append(Path(given))
             else:
                 target = Path(scratch) / f"{index}-{Path(given).name}"
-                files.append(embed_customer_support(Path(given), target, args.prompt_mode))
+                files.append(embed_catalogue(Path(given), TOOLS, target, args.prompt_mode))
 
         n = len(requests(args.limit))
         print(f"\n{n} customer-support eval requests, {args.threads} thread(s), {os.cpu_count()} CPUs\n")

@@ -19,8 +19,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
@@ -46,56 +47,90 @@ class Measurement(BaseModel):
     report: EvalReport
 
 
-def _naive_predictions(path: Path, examples: list[Any], threads: int) -> tuple[list[Prediction], float, Any]:
-    from llama_cpp import Llama, LlamaGrammar
+class NaiveCompletion(NamedTuple):
+    content: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
 
-    from toolroute.grammars.output_bound import completion_token_budget
-    from toolroute.runtime.router_file import read_router_file
-    from toolroute.runtime.template_sandbox import BoundedChatFormatter
 
-    from .evaluate import prediction_of_text
+class NaiveRunner:
+    """llama-cpp-python's `create_chat_completion(messages, grammar=LlamaGrammar(...),
+    temperature=0)` on a router file: the router's system prompt, the file's own chat template
+    (through llama-cpp-python's chat handler, on the bounded sandbox) and greedy decoding under the
+    catalogue's grammar. The one naive runner: `measure` and `bench.latency` both use it.
 
-    started = time.perf_counter()
-    # Checked before llama.cpp opens the file, as Router.load does: the grammar handed to
-    # LlamaGrammar below is the one the catalogue makes, never the file's own text unchecked.
-    router_file = read_router_file(path)
-    metadata, catalogue = router_file.metadata, router_file.catalogue
-    # The router's threads for prompts too (llama-cpp-python's default for prompts is every CPU).
-    llama = Llama(str(path), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
-    # llama-cpp-python's own chat handler for the file's template, on the bounded sandbox.
-    eos, bos = llama.token_eos(), llama.token_bos()
-    llama.chat_handler = BoundedChatFormatter(
-        metadata.chat_template,
-        eos_token=llama.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else "",
-        bos_token=llama.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else "",
-        stop_token_ids=[eos],
-    ).to_chat_handler()
-    grammar = LlamaGrammar.from_string(metadata.grammar, verbose=False)
-    load_s = time.perf_counter() - started
-    max_tokens = completion_token_budget(metadata.grammar)
+    The metadata comes from `read_router_file`, checked before llama.cpp opens the file (as
+    `Router.load` does): the grammar handed to `LlamaGrammar` is the one the embedded catalogue
+    makes, never the file's own text unchecked.
+    """
 
-    def complete(example: Any) -> tuple[str, float, int, int]:
-        messages = [{"role": "system", "content": metadata.system_prompt}]
-        messages += [{"role": t.role, "content": t.content} for t in example.history]
-        messages.append({"role": "user", "content": example.request})
+    def __init__(self, path: str | Path, threads: int) -> None:
+        from llama_cpp import Llama, LlamaGrammar
+
+        from toolroute.grammars.output_bound import completion_token_budget
+        from toolroute.runtime.router_file import read_router_file
+        from toolroute.runtime.template_sandbox import BoundedChatFormatter
+
+        started = time.perf_counter()
+        router_file = read_router_file(path)
+        self.metadata, self.catalogue = router_file.metadata, router_file.catalogue
+        # The router's threads for prompts too (llama-cpp-python's default for prompts is every
+        # CPU, which spin-waits badly on a shared machine).
+        self.llama = Llama(str(path), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False)
+        eos, bos = self.llama.token_eos(), self.llama.token_bos()
+        self.llama.chat_handler = BoundedChatFormatter(
+            self.metadata.chat_template,
+            eos_token=self._text_of(eos),
+            bos_token=self._text_of(bos),
+            stop_token_ids=[eos],
+        ).to_chat_handler()
+        self.grammar = LlamaGrammar.from_string(self.metadata.grammar, verbose=False)
+        self.load_s = time.perf_counter() - started
+        self.max_tokens = completion_token_budget(self.metadata.grammar)
+
+    def _text_of(self, token: int) -> str:
+        return self.llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+    def complete(self, request: str, history: Sequence[Any] = ()) -> NaiveCompletion:
+        """One request (`history`: earlier turns with `role` and `content`), timed from the
+        messages to the response."""
+        messages = [{"role": "system", "content": self.metadata.system_prompt}]
+        messages += [{"role": turn.role, "content": turn.content} for turn in history]
+        messages.append({"role": "user", "content": request})
         begin = time.perf_counter()
-        response = llama.create_chat_completion(
-            messages, grammar=grammar, temperature=0.0, max_tokens=max_tokens
+        response = self.llama.create_chat_completion(
+            messages, grammar=self.grammar, temperature=0.0, max_tokens=self.max_tokens
         )
         latency = (time.perf_counter() - begin) * 1000.0
         usage = response["usage"]
         content = response["choices"][0]["message"]["content"] or ""
-        return content, latency, usage["prompt_tokens"], usage["completion_tokens"]
+        return NaiveCompletion(content, latency, usage["prompt_tokens"], usage["completion_tokens"])
 
-    for example in examples[:WARMUP]:
-        complete(example)
-    predictions = []
-    for example in _progress(examples, f"naive {path.name}"):
-        content, latency, prompt_tokens, completion_tokens = complete(example)
-        prediction = prediction_of_text(content, catalogue, latency, prompt_tokens)
-        predictions.append(prediction.model_copy(update={"completion_tokens": completion_tokens}))
-    llama.close()
-    return predictions, load_s, catalogue
+    def close(self) -> None:
+        self.llama.close()
+
+    def __enter__(self) -> NaiveRunner:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def _naive_predictions(path: Path, examples: list[Any], threads: int) -> tuple[list[Prediction], float, Any]:
+    from .evaluate import prediction_of_text
+
+    with NaiveRunner(path, threads) as runner:
+        for example in examples[:WARMUP]:
+            runner.complete(example.request, example.history)
+        predictions = []
+        for example in _progress(examples, f"naive {path.name}"):
+            done = runner.complete(example.request, example.history)
+            prediction = prediction_of_text(
+                done.content, runner.catalogue, done.latency_ms, done.prompt_tokens
+            )
+            predictions.append(prediction.model_copy(update={"completion_tokens": done.completion_tokens}))
+        return predictions, runner.load_s, runner.catalogue
 
 
 def _router_predictions(

@@ -43,7 +43,11 @@ class Prediction(BaseModel):
     tool: str | None = None  # the tool called (kind "call"); None otherwise
     arguments: dict[str, Any] | None = None
     raw: str = ""
-    confidence: float | None = None
+    confidence: float | None = None  # the name's probability at the decision point
+    call_logprob: float | None = None  # the call-level scores (runtime.thresholds)
+    min_token_logprob: float | None = None
+    no_tool_probability: float | None = None  # no_tool's probability at the decision point
+    held_back: bool = False  # a call a stored rule held back (then kind "no_tool": not called)
     latency_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -10,7 +10,11 @@ tokens/s and the full evaluation report on the data. Reference rows, measured in
 - `router without prefix cache`: the Q4_K_M router evaluating the whole prompt for every request
   (what the cached system-prompt prefix saves);
 - `naive`: llama-cpp-python's `create_chat_completion(grammar=...)` on the Q4_K_M router (the
-  speed reference: a hand-written llama.cpp script).
+  speed reference: a hand-written llama.cpp script);
+- `classical`: TF-IDF + logistic regression and a CRF (`classical.py`) trained on the run's own
+  training rows, scored on the same data by the same metrics (the bar the router has to clear).
+
+The recommended level is the smallest file within 1 point of F16's tool-name accuracy.
 
 Writes `results.json`, `RESULTS.md` and `results.png` (accuracy against p50 latency, marker
 area proportional to file size) into the output directory.
@@ -32,13 +36,16 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from toolroute.bench.classical import ENGINE, ClassicalResult
 from toolroute.bench.measure import Measurement
-from toolroute.export.quantize import QuantizeError
+from toolroute.export.quantize import QuantizeError, made_with, tensor_types
+from toolroute.export.quantize_options import QuantizeOptions
 from toolroute.runtime.files import atomic_write_png, atomic_write_text, file_sha256
 from toolroute.train.run_dir import RunDir
 
 BENCH_FORMAT = "toolroute-bench/1"
 NAIVE_LEVEL = "q4_k_m"
+RECOMMEND_WITHIN = 0.01  # tool-name accuracy below F16's that still counts as keeping the router
 
 
 class BenchRow(BaseModel):
@@ -60,6 +67,8 @@ class BenchResults(BaseModel):
     machine: str
     threads: int | None
     seconds: float
+    quantization: QuantizeOptions | None = None
+    recommended_level: str | None = None  # the smallest file within 1 point of F16 tool accuracy
     rows: list[BenchRow]
 
 
@@ -73,30 +82,61 @@ def _embedded_manifest_sha(path: Path) -> str | None:
         vocab.close()
 
 
-def router_files(run: RunDir, levels: Sequence[str], dist: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """The run's router file per level: reused when exported from this run, exported otherwise."""
+def router_files(
+    run: RunDir, levels: Sequence[str], dist: Path, quantization: QuantizeOptions | None = None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """The run's router file per level: reused when exported from this run with these quantization
+    options (the file's own tensor types and `quantize.imatrix.*` keys say so), exported otherwise."""
     from toolroute.export.pipeline import export_run
 
+    quantization = quantization or QuantizeOptions()
     manifest = run.load_manifest()
     manifest_sha = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
     paths = {level: dist / f"{manifest.name}.{level}.gguf" for level in levels}
     missing = [
         level
         for level, path in paths.items()
-        if not path.is_file() or _embedded_manifest_sha(path) != manifest_sha
+        if not path.is_file()
+        or _embedded_manifest_sha(path) != manifest_sha
+        or not made_with(tensor_types(path, level), quantization)
     ]
     errors: dict[str, str] = {}
     if missing:
         try:
-            export_run(run.path, missing, dist, parity_prompts=0)
+            export_run(run.path, missing, dist, parity_prompts=0, quantization=quantization)
         except QuantizeError:
             # One level llama.cpp cannot make for this model: export the others one by one.
             for level in missing:
                 try:
-                    export_run(run.path, [level], dist, parity_prompts=0)
+                    export_run(run.path, [level], dist, parity_prompts=0, quantization=quantization)
                 except QuantizeError as exc:
                     errors[level] = str(exc)
     return {level: path for level, path in paths.items() if level not in errors}, errors
+
+
+def classical_in_subprocess(train: Path, data: Path, tools: Path, limit: int | None) -> ClassicalResult:
+    """The classical reference trained on `train` and measured on `data`, in a fresh process."""
+    with tempfile.TemporaryDirectory(prefix="toolroute-classical-") as folder:
+        out = Path(folder) / "classical.json"
+        command = [sys.executable, "-m", "toolroute.bench.classical", "--train", str(train)]
+        command += ["--data", str(data), "--tools", str(tools), "--json", str(out)]
+        command += ["--limit", str(limit)] if limit else []
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode != 0:
+            tail = completed.stderr.strip().splitlines()[-3:]
+            raise RuntimeError(f"the classical reference failed: {' | '.join(tail)}")
+        return ClassicalResult.model_validate_json(out.read_text(encoding="utf-8"))
+
+
+def recommended_level(rows: Sequence[BenchRow]) -> str | None:
+    """The smallest measured level within `RECOMMEND_WITHIN` of F16's tool-name accuracy."""
+    measured = {r.level: r.measurement for r in rows if not r.reference and r.level and r.measurement}
+    f16 = measured.get("f16")
+    if f16 is None:
+        return None
+    floor = f16.report.tool_name_accuracy - RECOMMEND_WITHIN - 1e-9  # 1e-9: a tie is within
+    within = [(m.size_bytes, level) for level, m in measured.items() if m.report.tool_name_accuracy >= floor]
+    return min(within)[1]
 
 
 def untuned_router(run: RunDir, like: Path, work: Path) -> Path:
@@ -150,11 +190,13 @@ def bench_run(
     limit: int | None = None,
     threads: int | None = None,
     references: bool = True,
+    quantization: QuantizeOptions | None = None,
 ) -> BenchResults:
     started = time.perf_counter()
+    quantization = quantization or QuantizeOptions()
     run = RunDir(run_path)
     manifest = run.load_manifest()
-    files, errors = router_files(run, levels, dist)
+    files, errors = router_files(run, levels, dist, quantization)
     rows: list[tuple[BenchRow, Path | None, str]] = []
     for level in levels:
         row = BenchRow(label=level.upper(), level=level, error=errors.get(level))
@@ -203,11 +245,14 @@ def bench_run(
                 row.measurement = measure_in_subprocess(path, data, runner, limit, threads)
             except RuntimeError as exc:
                 row.error = str(exc)
+        if references:
+            rows.append((classical_row(run, data, work, limit), None, "classical"))
     finally:
         for leftover in work.iterdir():
             leftover.unlink()
         work.rmdir()
     measured = [row.measurement for row, _, _ in rows if row.measurement]
+    bench_rows = [row for row, _, _ in rows]
     results = BenchResults(
         run=manifest.name,
         base=manifest.base.spec,
@@ -218,10 +263,28 @@ def bench_run(
         machine=_machine(),
         threads=measured[0].threads if measured else threads,
         seconds=round(time.perf_counter() - started, 1),
-        rows=[row for row, _, _ in rows],
+        quantization=quantization,
+        recommended_level=recommended_level(bench_rows),
+        rows=bench_rows,
     )
     write_results(results, out)
     return results
+
+
+def classical_row(run: RunDir, data: Path, work: Path, limit: int | None) -> BenchRow:
+    """The classical reference, trained on the run's training split with the run's catalogue."""
+    manifest = run.load_manifest()
+    tools = work / "tools.json"
+    atomic_write_text(tools, manifest.load_catalogue().to_json())
+    row = BenchRow(label="classical", reference=True)
+    try:
+        result = classical_in_subprocess(Path(manifest.data["train"].path), data, tools, limit)
+    except RuntimeError as exc:
+        row.error = str(exc)
+        return row
+    row.label = f"{ENGINE.split(': ')[0]} (TF-IDF + LR, CRF; trained in {result.train_seconds:.0f} s)"
+    row.measurement = result.measurement
+    return row
 
 
 def _machine() -> str:
@@ -244,7 +307,7 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: Sequence[BenchRow]) -> list[str]:
+def markdown_table(rows: Sequence[BenchRow], recommended: str | None = None) -> list[str]:
     lines = [
         "| row | size MB | load s | peak RSS MB | p50 ms | p95 ms | out tok/s | valid | tool acc | "
         "arg acc | false calls | silent errors | slot F1 | exact |",
@@ -256,8 +319,13 @@ def markdown_table(rows: Sequence[BenchRow]) -> list[str]:
             lines.append(f"| {row.label} | {row.error or 'not measured'} |" + " |" * 12)
             continue
         r = m.report
+        label = (
+            f"**{row.label}** (recommended)"
+            if recommended and row.level == recommended and not row.reference
+            else row.label
+        )
         lines.append(
-            f"| {row.label} | {m.size_bytes / 1e6:.1f} | {m.load_s:.2f} | {m.peak_rss_mb:.0f} | "
+            f"| {label} | {m.size_bytes / 1e6:.1f} | {m.load_s:.2f} | {m.peak_rss_mb:.0f} | "
             f"{_num(m.latency_ms_p50, 0)} | {_num(m.latency_ms_p95, 0)} | {_num(m.output_tokens_per_s, 0)} | "
             f"{_num(r.valid_tool_call_rate)} | {_num(r.tool_name_accuracy)} | "
             f"{_num(r.argument_match_accuracy)} | "
@@ -275,8 +343,10 @@ def markdown(results: BenchResults) -> str:
         f"- data `{results.data}` ({results.examples} requests, sha256 {results.data_sha256[:12]})",
         f"- machine: {results.machine}; llama.cpp threads: {results.threads}; "
         f"bench wall time {results.seconds:.0f} s",
+        f"- quantization: {_quantization(results.quantization)}",
+        f"- recommended level: {_recommended(results)}",
         "",
-        *markdown_table(results.rows),
+        *markdown_table(results.rows, results.recommended_level),
         "",
         "Columns: load time and peak RSS from a fresh process per row; p50/p95 = route latency per request "
         "(prompt to validated result); out tok/s = output tokens over routing time (forced bytes "
@@ -286,6 +356,23 @@ def markdown(results: BenchResults) -> str:
         "arguments (share of all requests); slot F1 over (tool, argument, value); exact = whole call right.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _quantization(options: QuantizeOptions | None) -> str:
+    if options is None:
+        return "not recorded"
+    imatrix = (
+        f"importance matrix from {options.imatrix_rows} training rows"
+        if options.imatrix_rows
+        else "no imatrix"
+    )
+    return f"token embedding {options.token_embedding}, {imatrix}"
+
+
+def _recommended(results: BenchResults) -> str:
+    if results.recommended_level is None:
+        return "none (no F16 row measured to compare against)"
+    return f"{results.recommended_level.upper()} (the smallest file within 1 point of F16's tool accuracy)"
 
 
 def plot(results: BenchResults, path: Path) -> None:

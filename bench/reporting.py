@@ -15,8 +15,10 @@ from pydantic import BaseModel
 
 from toolroute.grammars import NO_TOOL, Catalogue
 from toolroute.runtime.files import atomic_write_png
+from toolroute.runtime.thresholds import CallThreshold, NoToolThreshold
 
-from .metrics import INVALID, EvalReport, Gold, Prediction, outcome
+from .metrics import INVALID, EvalReport, Gold, Prediction, RiskPoint, outcome
+from .thresholds import CallChoice, NoToolChoice, RulesSummary
 
 EVAL_FORMAT = "toolroute-eval/1"
 MAX_RISK = 0.01
@@ -35,6 +37,7 @@ class ModelInfo(BaseModel):
     catalogue_sha256: str
     sha256: str | None = None  # the GGUF's; a run is identified by its manifest
     prompt_mode: str | None = None
+    copied_arguments: list[str] | None = None  # held to request spans while scoring (None: n/a)
 
 
 class DataInfo(BaseModel):
@@ -51,6 +54,18 @@ class ThresholdChoice(BaseModel):
     written_to: str | None = None
 
 
+class StoredRules(BaseModel):
+    """The rules a router file holds (picked earlier, on other rows)."""
+
+    min_confidence: float | None = None
+    call_threshold: CallThreshold | None = None
+    no_tool_threshold: NoToolThreshold | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.min_confidence, self.call_threshold, self.no_tool_threshold))
+
+
 class ErrorCase(BaseModel):
     kind: str  # a SEVERITY key
     request: str
@@ -64,7 +79,16 @@ class EvalDocument(BaseModel):
     model: ModelInfo
     data: DataInfo
     report: EvalReport
-    threshold: ThresholdChoice
+    threshold: ThresholdChoice  # on the name probability alone (format 1's `min_confidence`)
+    # Picked on these rows (`--pick-threshold` writes them): abstention, then the best call score.
+    call_threshold: CallChoice | None = None
+    no_tool_threshold: NoToolChoice | None = None
+    risk_coverage_by_score: dict[str, list[RiskPoint]] = {}
+    # The file's own rules (picked on other rows), applied to these rows, against no rule at all.
+    stored_rules: StoredRules | None = None
+    without_rules: RulesSummary | None = None
+    with_stored_rules: RulesSummary | None = None
+    written_to: str | None = None  # where --pick-threshold wrote the picked rules
     errors: list[ErrorCase]  # every error, worst first
 
 
@@ -180,8 +204,67 @@ def markdown(document: EvalDocument) -> str:
         ]
         if choice.written_to:
             lines.append(f"\nWritten into `{choice.written_to}` as `toolroute.min_confidence`.")
+    lines += ["", *_rules_section(document)]
     lines += ["", *_confusion_table(report), "", *_argument_table(report), "", *_worst_table(document)]
     return "\n".join(lines) + "\n"
+
+
+def _rules_section(document: EvalDocument) -> list[str]:
+    """Each call score's best threshold, the abstention rule, and the file's rules on these rows."""
+    lines: list[str] = []
+    call = document.call_threshold
+    if call is not None:
+        risk = document.threshold.max_silent_error_rate
+        lines += [
+            f"## Call scores at <= {risk:.0%} silent errors (picked on these rows)",
+            "",
+            "| score | threshold | coverage | silent-error rate | |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for score, point in call.by_score.items():
+            chosen = "chosen" if call.rule is not None and call.rule.score == score else ""
+            if point is None:
+                lines.append(f"| {score} | n/a | n/a | n/a | |")
+            else:
+                lines.append(
+                    f"| {score} | {point.threshold:.4f} | {_fmt(point.coverage, True)} | "
+                    f"{_fmt(point.silent_error_rate, True)} | {chosen} |"
+                )
+        lines.append("")
+    no_tool = document.no_tool_threshold
+    if no_tool is not None:
+        rule = no_tool.rule
+        lines.append(
+            "Abstention: no rule makes fewer wrong call/no-call decisions than none "
+            f"({no_tool.errors_without})."
+            if rule is None
+            else f"Abstention: hold a call back on `{rule.score}` {rule.value:.4f} "
+            f"({no_tool.errors} wrong call/no-call decisions instead of {no_tool.errors_without})."
+        )
+        lines.append("")
+    if document.written_to:
+        lines += [f"Written into `{document.written_to}`.", ""]
+    if document.without_rules is not None:
+        lines += [
+            "## The file's rules on these rows" if document.with_stored_rules else "## Without rules",
+            "",
+            "| | dispatched | silent errors | false calls | missed calls | held back |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        rows = [
+            ("without rules", document.without_rules),
+            ("with the file's rules", document.with_stored_rules),
+        ]
+        for label, summary in rows:
+            if summary is not None:
+                lines.append(
+                    f"| {label} | {_fmt(summary.coverage, True)} | {_fmt(summary.silent_error_rate, True)} | "
+                    f"{_fmt(summary.false_tool_call_rate, True)} | {_fmt(summary.missed_call_rate, True)} | "
+                    f"{summary.held_back} |"
+                )
+        if document.stored_rules is not None and document.stored_rules.any:
+            lines += ["", f"The file's rules: `{document.stored_rules.model_dump_json(exclude_none=True)}`."]
+    return lines
 
 
 def _ms(value: float | None) -> str:
@@ -245,15 +328,29 @@ def risk_coverage_plot(document: EvalDocument, path: Any) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    points = sorted(document.report.risk_coverage, key=lambda p: p.coverage)
+    curves = document.risk_coverage_by_score or {"name_probability": document.report.risk_coverage}
     figure, axes = plt.subplots(figsize=(6, 4.2), dpi=120)
-    axes.plot([p.coverage * 100 for p in points], [p.silent_error_rate * 100 for p in points], marker=".")
+    for score, curve in curves.items():
+        points = sorted(curve, key=lambda p: p.coverage)
+        if points:
+            xs = [p.coverage * 100 for p in points]
+            axes.plot(xs, [p.silent_error_rate * 100 for p in points], marker=".", label=score)
+    axes.legend(fontsize=8)
     choice = document.threshold
     axes.axhline(choice.max_silent_error_rate * 100, color="grey", linestyle="--", linewidth=1)
-    if choice.threshold is not None and choice.coverage is not None:
+    call = document.call_threshold
+    if call is not None and call.rule is not None and call.coverage is not None:
+        label, coverage, risk = (
+            f"{call.rule.score} >= {call.rule.value:.3f}",
+            call.coverage,
+            call.silent_error_rate,
+        )
+    else:
+        label, coverage, risk = f"threshold {choice.threshold}", choice.coverage, choice.silent_error_rate
+    if coverage is not None:
         axes.annotate(
-            f"threshold {choice.threshold:.3f}\ncoverage {choice.coverage:.0%}",
-            (choice.coverage * 100, (choice.silent_error_rate or 0) * 100),
+            f"{label}\ncoverage {coverage:.0%}",
+            (coverage * 100, (risk or 0) * 100),
             xytext=(10, 25),
             textcoords="offset points",
             arrowprops={"arrowstyle": "->"},

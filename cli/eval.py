@@ -28,7 +28,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pick-threshold",
         action="store_true",
-        help="write the confidence threshold that keeps silent errors <= --max-risk into the GGUF",
+        help="pick on these (validation) rows the abstention rule and the call score and threshold that "
+        "keep silent errors <= --max-risk, and write them into the GGUF",
+    )
+    parser.add_argument(
+        "--no-copy-rule",
+        action="store_true",
+        help="decode with the grammar alone: copied arguments are not held to spans of the request",
     )
     parser.add_argument(
         "--max-risk",

@@ -32,6 +32,10 @@ def _inspect(args: argparse.Namespace) -> int:
         "base": json.loads(metadata.base),
         "manifest_sha256": metadata.manifest_sha256,
         "min_confidence": metadata.threshold,
+        # Held to spans of the request at run time (not by stock llama.cpp, which has the GBNF only).
+        "copied_arguments": {entry.key: entry.describe() for entry in metadata.copied(catalogue)},
+        "call_threshold": None if metadata.call_rule is None else metadata.call_rule.model_dump(),
+        "no_tool_threshold": None if metadata.no_tool_rule is None else metadata.no_tool_rule.model_dump(),
     }
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_queue=args.max_queue,
         queue_timeout_s=args.queue_timeout,
+        shutdown_timeout_s=args.shutdown_timeout,
         allowed_hosts=tuple(args.allow_host or ()),
         allowed_origins=tuple(args.allow_origin or ()),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
@@ -77,13 +78,19 @@ def _serve(args: argparse.Namespace) -> int:
         )
     with _load(args) as router:
         server = make_server(router, args.host, args.port, settings=settings, quiet=args.quiet)
-        print(f"toolroute serve: {args.model} on {server.url}/v1 (Ctrl-C to stop)", file=sys.stderr)
+        print(
+            f"toolroute serve: {args.model} on {server.url}/v1 (Ctrl-C or SIGTERM to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
+            # Returns after SIGTERM/Ctrl-C once in-flight requests are done (or the drain timed out).
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
             server.server_close()
+        print("toolroute serve: stopped", file=sys.stderr, flush=True)
     return 0
 
 
@@ -148,6 +155,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=limits.queue_timeout_s,
         help=f"seconds a request waits for a context before 503 (default {limits.queue_timeout_s:g})",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=limits.shutdown_timeout_s,
+        help="seconds in-flight requests get to finish after SIGTERM/Ctrl-C; then they are cut "
+        f"(default {limits.shutdown_timeout_s:g})",
     )
     serve.add_argument(
         "--allow-host",

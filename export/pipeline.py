@@ -1,7 +1,8 @@
 """`toolroute export`: a finished training run -> self-contained router GGUFs.
 
-merge (LoRA into the base) -> convert (llama.cpp's converter, F16) -> quantize (in-process) ->
-embed the router metadata -> check (tokenizer ids, greedy parity). Every file is written under a
+merge (LoRA into the base) -> convert (llama.cpp's converter, F16) -> importance matrix (the run's
+training rows through the merged model) -> quantize (in-process; `QuantizeOptions`) -> embed the
+router metadata -> check (tokenizer ids, greedy parity). Every file is written under a
 temporary name and renamed when complete, with a `.sha256` beside it; the working directory is
 removed at the end, so an interrupted export leaves nothing that looks finished.
 """
@@ -12,6 +13,7 @@ import hashlib
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -20,14 +22,17 @@ from toolroute.runtime.chat_template import ChatTemplate, RouterPrompt
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.router_file import RouterMetadata
 from toolroute.train.bases import Base
+from toolroute.train.copied import copied_arguments
 from toolroute.train.formats import read_examples
 from toolroute.train.run_dir import RunDir, RunManifest
 
 from .converter import convert
 from .embed import publish_router_gguf
+from .imatrix import ImportanceMatrix, compute_imatrix, gguf_weight_names
 from .merge import merge_run
 from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_agrees, token_ids
 from .quantize import TensorTypes, quantize, tensor_types
+from .quantize_options import QuantizeOptions
 
 
 class ExportedFile(BaseModel):
@@ -40,8 +45,17 @@ class ExportedFile(BaseModel):
     parity_with_f16: float | None = None
 
 
+class ImatrixSummary(BaseModel):
+    rows: int  # training rows run through the merged model
+    tokens: int
+    tensors: int  # weights it covers
+    seconds: float
+
+
 class ExportReport(BaseModel):
     run: str
+    quantization: QuantizeOptions
+    imatrix: ImatrixSummary | None
     files: list[ExportedFile]
     seconds: dict[str, float]
     tokenizer_matches_base: bool
@@ -60,6 +74,7 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
         base=manifest.base.model_dump_json(),
         manifest_sha256=manifest_sha256,
         options=options,
+        copied=copied_arguments(manifest.copied_arguments),
     )
 
 
@@ -70,15 +85,44 @@ def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -
     return [prompt.render(e.request, e.history) for e in examples]
 
 
+def _imatrix_rows(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
+    """`count` training rows spread evenly over the train split, as trained: prompt + completion."""
+    catalogue = manifest.load_catalogue()
+    examples = read_examples(manifest.data["train"].path, catalogue).examples
+    if count < len(examples):
+        examples = [examples[index * len(examples) // count] for index in range(count)]
+    prompt = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt)
+    return [
+        prompt.render(e.request, e.history) + prompt.completion(e.target.canonical(catalogue))
+        for e in examples
+    ]
+
+
+def run_imatrix(
+    merged: Any, tokenizer: Any, manifest: RunManifest, template: ChatTemplate, f16: Path, rows: int
+) -> ImportanceMatrix:
+    import gguf
+
+    reader = gguf.GGUFReader(str(f16), "r")
+    architecture = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    assert architecture is not None  # the converter always writes it
+    names = gguf_weight_names(merged, architecture.contents(), {t.name for t in reader.tensors})
+    texts = _imatrix_rows(manifest, template, rows)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    return compute_imatrix(merged, ids, names, dataset=f"{manifest.name} train rows ({len(ids)})")
+
+
 def export_run(
     run_path: Path,
     levels: list[str],
     out_dir: Path,
     parity_prompts: int = 40,
     options: GrammarOptions | None = None,
+    quantization: QuantizeOptions | None = None,
 ) -> ExportReport:
     import torch
 
+    quantization = quantization or QuantizeOptions()
     run = RunDir(run_path)
     manifest = run.load_manifest()
     manifest_sha256 = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
@@ -101,10 +145,21 @@ def export_run(
         f16 = convert(work / "merged", work / "f16.gguf", "f16")
         seconds["convert_f16"] = round(time.perf_counter() - started, 2)
 
+        imatrix: ImportanceMatrix | None = None
+        if quantization.imatrix_rows > 0 and any(level != "f16" for level in levels):
+            started = time.perf_counter()
+            imatrix = run_imatrix(merged, tokenizer, manifest, template, f16, quantization.imatrix_rows)
+            seconds["imatrix"] = round(time.perf_counter() - started, 2)
+
         files: list[ExportedFile] = []
         for level in levels:
             started = time.perf_counter()
-            source = f16 if level == "f16" else quantize(f16, work / f"{level}.gguf", level)
+            if level == "f16":
+                source = f16  # the converter's file: nothing to quantize
+            else:
+                embedding = quantization.token_embedding
+                target = work / f"{level}.gguf"
+                source = quantize(f16, target, level, token_embedding=embedding, imatrix=imatrix)
             destination = out_dir / f"{manifest.name}.{level}.gguf"
             digest = publish_router_gguf(source, destination, metadata)
             elapsed = round(time.perf_counter() - started, 2)
@@ -143,8 +198,20 @@ def export_run(
             for p, r, same in zip(prompts, reference, verdicts, strict=True)
             if not same
         ]
+        imatrix_summary = (
+            ImatrixSummary(
+                rows=imatrix.texts,
+                tokens=imatrix.tokens,
+                tensors=len(imatrix.values),
+                seconds=seconds["imatrix"],
+            )
+            if imatrix
+            else None
+        )
         report = ExportReport(
             run=manifest.name,
+            quantization=quantization,
+            imatrix=imatrix_summary,
             files=files,
             seconds=seconds,
             tokenizer_matches_base=tokenizer_ok,
@@ -164,19 +231,29 @@ def format_report(report: ExportReport) -> str:
         f"export of {report.run}: merge {timing.get('merge')} s, convert {timing.get('convert_f16')} s, "
         f"parity {timing.get('parity', 0)} s",
         f"tokenizer ids equal to the base's: {'yes' if report.tokenizer_matches_base else 'NO'}",
+        f"quantization: token embedding {report.quantization.token_embedding}, importance matrix "
+        + (
+            f"from {report.imatrix.rows} training rows ({report.imatrix.tokens} tokens, "
+            f"{report.imatrix.tensors} weights, {report.imatrix.seconds} s)"
+            if report.imatrix
+            else "none"
+        ),
     ]
     if report.parity_hf_vs_f16 is not None:
         lines.append(
             f"greedy parity, merged HF vs GGUF F16: {report.parity_hf_vs_f16:.1%} of {report.parity_prompts}"
         )
-    lines.append("| level | size MB | seconds | agrees with F16 | tensors not at the main type |")
-    lines.append("|---|---:|---:|---:|---|")
+    lines.append(
+        "| level | size MB | seconds | agrees with F16 | token embedding | tensors not at the main type |"
+    )
+    lines.append("|---|---:|---:|---:|---|---|")
     for file in report.files:
         other = ", ".join(
             f"{k} {v}" for k, v in file.tensor_types.counts.items() if k != file.tensor_types.main_type
         )
         parity = "" if file.parity_with_f16 is None else f"{file.parity_with_f16:.1%}"
         lines.append(
-            f"| {file.level} | {file.size_bytes / 1e6:.1f} | {file.seconds} | {parity} | {other or 'none'} |"
+            f"| {file.level} | {file.size_bytes / 1e6:.1f} | {file.seconds} | {parity} | "
+            f"{file.tensor_types.token_embedding} | {other or 'none'} |"
         )
     return "\n".join(lines)

@@ -3,10 +3,18 @@
 Small models have tensor rows that k-quants cannot split into 256-wide blocks; llama.cpp then
 quantizes those tensors to another type. The report lists, per output file, every 2-D tensor whose
 type differs from the level's main type, read back from the file itself.
+
+What keeps a router through quantization (`QuantizeOptions`):
+- the token embedding, which the packaged bases tie to the output head (no `output.weight`), at a
+  fixed type in every level (`token_embedding_type`; `output_tensor_type` too, for untied bases);
+- an importance matrix from the run's own training rows (`imatrix.py`), so that rounding error
+  lands where the router's inputs are small. Its size and dataset are written into the file under
+  llama.cpp's own `quantize.imatrix.*` keys, so a file says how it was made.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from collections import Counter
@@ -15,6 +23,9 @@ from pathlib import Path
 import gguf
 import llama_cpp
 from pydantic import BaseModel
+
+from .imatrix import KEY_CHUNKS, KEY_DATASET, KEY_ENTRIES, ImportanceMatrix
+from .quantize_options import EmbeddingType, QuantizeOptions
 
 # level name -> (llama.cpp file type, the tensor type most weights get)
 LEVELS: dict[str, tuple[int, str]] = {
@@ -31,6 +42,16 @@ LEVELS: dict[str, tuple[int, str]] = {
 }
 
 
+TOKEN_EMBEDDING = "token_embd.weight"
+OUTPUT = "output.weight"
+
+EMBEDDING_TYPES: dict[str, int | None] = {
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "level": None,
+}
+
+
 class QuantizeError(RuntimeError):
     pass
 
@@ -40,6 +61,9 @@ class TensorTypes(BaseModel):
     main_type: str
     counts: dict[str, int]  # tensor type -> number of tensors (2-D and up)
     other: dict[str, str]  # tensor name -> type, where it is not main_type
+    token_embedding: str | None = None  # the token embedding's type (the output head too, when tied)
+    output: str | None = None  # a separate output head's type; None when tied to the embedding
+    imatrix_rows: int | None = None  # rows the importance matrix came from; None: quantized without
 
 
 def parse_levels(text: str) -> list[str]:
@@ -50,11 +74,64 @@ def parse_levels(text: str) -> list[str]:
     return list(dict.fromkeys(levels))
 
 
-def quantize(source: Path, destination: Path, level: str, threads: int | None = None) -> Path:
-    """Quantize `source` (an F16/F32 GGUF) to `destination` at `level`."""
+def _imatrix_array(matrix: ImportanceMatrix) -> tuple[ctypes.Array, list[object]]:
+    """The NULL-terminated `llama_model_imatrix_data` array, and the buffers it points into."""
+    entries = (llama_cpp.llama_model_imatrix_data * (len(matrix.values) + 1))()
+    keep: list[object] = []
+    for entry, (name, values) in zip(entries, sorted(matrix.values.items()), strict=False):
+        buffer = (ctypes.c_float * len(values))(*values.tolist())
+        keep.append(buffer)
+        entry.name, entry.data, entry.size = name.encode(), buffer, len(values)
+    return entries, keep
+
+
+def _kv_array(matrix: ImportanceMatrix) -> ctypes.Array:
+    """llama.cpp's `quantize.imatrix.*` keys as kv overrides, which quantization writes to the file."""
+    values: list[tuple[str, int | str]] = [
+        (KEY_DATASET, matrix.dataset[:127]),
+        (KEY_ENTRIES, len(matrix.values)),
+        (KEY_CHUNKS, matrix.texts),
+    ]
+    overrides = (llama_cpp.llama_model_kv_override * (len(values) + 1))()  # zeroed key ends the list
+    for override, (key, value) in zip(overrides, values, strict=False):
+        override.key = key.encode()
+        if isinstance(value, str):
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            override.value.val_str = value.encode()[:127]
+        else:
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            override.value.val_i64 = value
+    return overrides
+
+
+def quantize(
+    source: Path,
+    destination: Path,
+    level: str,
+    threads: int | None = None,
+    *,
+    token_embedding: EmbeddingType = "level",
+    imatrix: ImportanceMatrix | None = None,
+) -> Path:
+    """Quantize `source` (an F16/F32 GGUF) to `destination` at `level`.
+
+    `token_embedding` fixes the type of the token embedding and of a separate output head ("level"
+    leaves both to llama.cpp); `imatrix` weighs each column's rounding error by its activations.
+    """
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LEVELS[level][0]
     params.nthread = threads or os.cpu_count() or 1
+    fixed = EMBEDDING_TYPES[token_embedding]
+    if fixed is not None:
+        params.token_embedding_type = fixed
+        params.output_tensor_type = fixed
+    keep: list[object] = []
+    if imatrix is not None and imatrix.values:
+        entries, keep = _imatrix_array(imatrix)
+        overrides = _kv_array(imatrix)
+        keep += [entries, overrides]
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     # llama.cpp logs every tensor through llama-cpp-python's logger; keep only its errors.
     llama_logger = logging.getLogger("llama-cpp-python")
     level_before = llama_logger.level
@@ -63,6 +140,7 @@ def quantize(source: Path, destination: Path, level: str, threads: int | None = 
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
     finally:
         llama_logger.setLevel(level_before)
+    del keep  # the buffers had to outlive the call
     if status != 0 or not destination.is_file():
         raise QuantizeError(f"llama_model_quantize to {level} failed with status {status}")
     return destination
@@ -73,9 +151,25 @@ def tensor_types(path: Path, level: str) -> TensorTypes:
     reader = gguf.GGUFReader(str(path), "r")
     main = LEVELS[level][1]
     weights = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+    chunks = reader.get_field(KEY_CHUNKS)
     return TensorTypes(
         level=level,
         main_type=main,
         counts=dict(Counter(weights.values())),
         other={name: kind for name, kind in weights.items() if kind != main},
+        token_embedding=weights.get(TOKEN_EMBEDDING),
+        output=weights.get(OUTPUT),
+        imatrix_rows=int(chunks.contents()) if chunks is not None else None,
     )
+
+
+def made_with(types: TensorTypes, options: QuantizeOptions) -> bool:
+    """Whether a file's read-back types say it was quantized with `options` (an F16 file always was)."""
+    if types.level == "f16":
+        return True
+    wanted = options.token_embedding.upper()
+    embedding_ok = options.token_embedding == "level" or types.token_embedding == wanted
+    output_ok = options.token_embedding == "level" or types.output in (None, wanted)
+    # Presence, not the count: a run with fewer training rows than asked for uses them all.
+    imatrix_ok = (types.imatrix_rows is not None) == (options.imatrix_rows > 0)
+    return embedding_ok and output_ok and imatrix_ok

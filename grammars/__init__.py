@@ -3,10 +3,12 @@
 from .calls import NoTool, ToolCall, make_call, parse_tool_call
 from .canonical import format_number, serialize_call, serialize_no_tool
 from .catalogue import Catalogue
+from .copied import Copied, CopiedArgument
 from .errors import CatalogueError, SchemaError
 from .gbnf import GrammarOptions, catalogue_gbnf
 from .loading import load_catalogue
 from .output_schema import output_json_schema
+from .spans import is_span, spans
 from .system_prompt import PromptMode, render_system_prompt
 from .tool import NO_TOOL, ToolSpec
 
@@ -14,6 +16,8 @@ __all__ = [
     "NO_TOOL",
     "Catalogue",
     "CatalogueError",
+    "Copied",
+    "CopiedArgument",
     "GrammarOptions",
     "NoTool",
     "PromptMode",
@@ -22,6 +26,7 @@ __all__ = [
     "ToolSpec",
     "catalogue_gbnf",
     "format_number",
+    "is_span",
     "load_catalogue",
     "make_call",
     "output_json_schema",
@@ -29,4 +34,5 @@ __all__ = [
     "render_system_prompt",
     "serialize_call",
     "serialize_no_tool",
+    "spans",
 ]

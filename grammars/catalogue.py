@@ -29,12 +29,14 @@ class Catalogue:
     """An ordered, duplicate-free set of tools.
 
     `sources` remembers the Python objects the tools were declared with (a Pydantic class, a
-    function) so that calls can be handed back as the user's own types; it plays no part in
-    equality or the hash, which depend on the schemas alone.
+    function) so that calls can be handed back as the user's own types; `copy_marks` the
+    copied arguments they declare (`{tool: {argument path: true|false}}`, see `copied.py`).
+    Neither plays any part in equality or the hash, which depend on the schemas alone.
     """
 
     tools: tuple[ToolSpec, ...]
     sources: dict[str, Any] = field(default_factory=dict, repr=False)
+    copy_marks: dict[str, dict[str, bool]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -53,18 +55,22 @@ class Catalogue:
         """Build from Pydantic model classes, typed functions and OpenAI tool dicts, mixed freely."""
         specs: list[ToolSpec] = []
         sources: dict[str, Any] = {}
+        marks: dict[str, dict[str, bool]] = {}
         budget = SchemaBudget()  # one for the whole catalogue: many tools must not add up unbounded
         for index, item in enumerate(items):
-            spec, source = tool_from_any(item, where=f"tool #{index + 1}", budget=budget)
+            spec, source, tool_marks = tool_from_any(item, where=f"tool #{index + 1}", budget=budget)
             specs.append(spec)
             if source is not None:
                 sources[spec.name] = source
-        return cls(tuple(specs), sources)
+            if tool_marks:
+                marks[spec.name] = tool_marks
+        return cls(tuple(specs), sources, marks)
 
     @classmethod
     def from_openai(cls, data: Any, where: str = "tools") -> Catalogue:
         """Build from OpenAI `tools` JSON, a legacy `functions` list, or a dict holding either."""
-        return cls(tuple(specs_from_openai(data, where)))
+        declared = specs_from_openai(data, where)
+        return cls(tuple(spec for spec, _ in declared), {}, {spec.name: m for spec, m in declared if m})
 
     @classmethod
     def from_json(cls, text: str, where: str = "tools") -> Catalogue:
@@ -126,6 +132,7 @@ class Catalogue:
         return Catalogue(
             tuple(tool for tool in self.tools if tool.name in wanted),
             {k: v for k, v in self.sources.items() if k in wanted},
+            {k: v for k, v in self.copy_marks.items() if k in wanted},
         )
 
     def diff(self, other: Catalogue) -> str:
@@ -147,7 +154,9 @@ class Catalogue:
         if changed := [t.name for t in other if t.name in self and self.get(t.name) != t]:
             raise CatalogueError(f"tools declared differently in the two catalogues: {', '.join(changed)}")
         extra = tuple(t for t in other if t.name not in self)
-        return Catalogue(self.tools + extra, {**other.sources, **self.sources})
+        marks = {name: {**other.copy_marks.get(name, {}), **self.copy_marks.get(name, {})}
+                 for name in {*self.copy_marks, *other.copy_marks}}  # fmt: skip
+        return Catalogue(self.tools + extra, {**other.sources, **self.sources}, marks)
 
     # -- typed calls -------------------------------------------------------------------------
 

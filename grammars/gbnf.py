@@ -214,25 +214,40 @@ _FORMAT_DEPENDENCIES = {
 }
 
 
-def catalogue_gbnf(catalogue: Catalogue, options: GrammarOptions | None = None) -> str:
-    """The GBNF grammar accepting exactly the canonical outputs for `catalogue`."""
+def catalogue_gbnf(
+    catalogue: Catalogue,
+    options: GrammarOptions | None = None,
+    *,
+    calls: bool = True,
+    no_tool: bool = True,
+) -> str:
+    """The GBNF grammar accepting exactly the canonical outputs for `catalogue`.
+
+    `no_tool=False` leaves the no_tool output out (a call is required: a server's
+    `tool_choice: "required"` or a named function); `calls=False` leaves every call out (only
+    no_tool: `tool_choice: "none"`). The header still names the catalogue the grammar was cut from.
+    """
+    if not (calls or no_tool):
+        raise ValueError("a grammar needs calls, no_tool or both: with neither it accepts nothing")
     options = options or GrammarOptions()
     builder = _Builder(options)
-    calls = []
-    for tool in catalogue:
+    outputs = []
+    for tool in catalogue if calls else ():
         builder.tool = tool.name
         arguments = builder.object(tool.parameters, f"{tool.name}-arguments")
         prefix = gbnf_literal(f'{{"tool":{json_string(tool.name)},"arguments":')
-        calls.append(builder.rule(f"call-{tool.name}", f'{prefix} {arguments} "}}"'))
-    reason = f'"\\"" char{{1,{options.max_reason_length}}} "\\""'
-    no_tool = gbnf_literal(f'{{"tool":"{NO_TOOL}","reason":')
-    builder.tool = NO_TOOL
-    calls.append(builder.rule(NO_TOOL, f'{no_tool} {reason} "}}"'))
+        outputs.append(builder.rule(f"call-{tool.name}", f'{prefix} {arguments} "}}"'))
+    if no_tool:
+        reason = f'"\\"" char{{1,{options.max_reason_length}}} "\\""'
+        no_tool_prefix = gbnf_literal(f'{{"tool":"{NO_TOOL}","reason":')
+        builder.tool = NO_TOOL
+        outputs.append(builder.rule(NO_TOOL, f'{no_tool_prefix} {reason} "}}"'))
     formats = {dep for fmt in builder.formats for dep in _FORMAT_DEPENDENCIES[fmt]}
+    described = [f"{len(catalogue)} tools" if calls else "no tools", *([NO_TOOL] if no_tool else [])]
     lines = [
-        f"# toolroute grammar: {len(catalogue)} tools + {NO_TOOL}; catalogue sha256 {catalogue.sha256}",
+        f"# toolroute grammar: {' + '.join(described)}; catalogue sha256 {catalogue.sha256}",
         f"# options: {json.dumps(options.model_dump(), separators=(',', ':'))}",
-        f"root ::= {' | '.join(calls)}",
+        f"root ::= {' | '.join(outputs)}",
         *(f"{name} ::= {body}" for name, body in builder.rules.items()),
         f"char ::= {_JSON_CHAR}",
         *(f"{name} ::= {body}" for name, body in _FORMAT_RULES.items() if name in formats),

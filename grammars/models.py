@@ -68,6 +68,10 @@ def python_type(schema: Schema, name: str) -> Any:
     """The annotation (type plus constraints) validating values of a normalised schema."""
     if "anyOf" in schema:
         options = tuple(python_type(branch, f"{name}Option{i}") for i, branch in enumerate(schema["anyOf"]))
+        if len([o for o in options if o is not None]) <= 1:
+            # `X | None` is Pydantic's nullable X, not a union: there is no branch order to set,
+            # and `union_mode` on it fails to build the model (RuntimeError, found by fuzzing).
+            return Union[options]  # noqa: UP007
         return Annotated[Union[options], Field(union_mode="left_to_right")]  # noqa: UP007
     if "const" in schema or "enum" in schema:
         choices = tuple(schema["enum"]) if "enum" in schema else (schema["const"],)

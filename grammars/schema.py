@@ -23,6 +23,11 @@ from typing import Any
 from .errors import SchemaError
 from .patterns import PatternError, check_pattern
 
+# Marks a string argument as copied from the request (see `copied.py`). An annotation of the
+# router, not of the schema: read here and left out of the normalised schema, so the catalogue's
+# identity (its JSON and hash) is the same with or without it.
+COPY_KEYWORD = "x-toolroute-copy"
+
 JsonValue = Any
 Schema = dict[str, Any]
 
@@ -172,6 +177,9 @@ class _Normalizer:
                 raise self.error("", key, "must be an object of named schemas")
             self.defs.update({f"#/{key}/{name}": value for name, value in defs.items()})
         self.ref_stack: list[str] = []
+        self.copy_marks: dict[str, bool] = {}  # field path -> the declared `COPY_KEYWORD` value
+        # Marks found under a node, relative to its field path: a reused result re-records them.
+        self.marks_under: dict[int, list[tuple[str, bool]]] = {}
 
     def error(self, field: str, keyword: str, detail: str) -> SchemaError:
         return SchemaError(self.tool, field, keyword, detail)
@@ -189,11 +197,20 @@ class _Normalizer:
     def normalize(self, node: Any, field: str) -> Schema:
         if not isinstance(node, dict):
             raise self.error(field, "schema", f"expected a schema object, got {_show(node)}")
+        if COPY_KEYWORD in node:
+            mark = node[COPY_KEYWORD]
+            if not isinstance(mark, bool):
+                raise self.error(field, COPY_KEYWORD, f"must be true or false, got {_show(mark)}")
+            self.copy_marks[field] = mark
+            node = {key: value for key, value in node.items() if key != COPY_KEYWORD}
         if (done := self.done.get(id(node))) is not None and done[0] is node:
             _, result, size, height = done
             self.spend(size, field, node)
             self._enter(self.depth + height, field, node)
+            for suffix, mark in self.marks_under.get(id(node), []):
+                self.copy_marks[field + suffix] = mark
             return result
+        marks_before = dict(self.copy_marks)
         spent, outer_deepest = self.budget.spent, self.deepest
         self.depth += 1
         self.deepest = self.depth
@@ -206,6 +223,8 @@ class _Normalizer:
         height = self.deepest - self.depth
         self.deepest = max(outer_deepest, self.deepest)
         self.done[id(node)] = (node, result, self.budget.spent - spent, height)
+        found = [(path, mark) for path, mark in self.copy_marks.items() if marks_before.get(path) != mark]
+        self.marks_under[id(node)] = [(path[len(field) :], mark) for path, mark in found]
         return result
 
     def _enter(self, level: int, field: str, node: Schema) -> None:
@@ -560,6 +579,14 @@ def normalize_parameters(tool: str, parameters: Any, budget: SchemaBudget | None
 
     `budget` is shared by the tools of one catalogue; without one the tool gets a budget of its own.
     """
+    return normalize_parameters_and_marks(tool, parameters, budget)[0]
+
+
+def normalize_parameters_and_marks(
+    tool: str, parameters: Any, budget: SchemaBudget | None = None
+) -> tuple[Schema, dict[str, bool]]:
+    """`normalize_parameters`, and the `COPY_KEYWORD` marks it read: {argument path: declared value}
+    (paths as `a`, `a.b`). A mark anywhere but on a string property is a `SchemaError`."""
     if parameters is None:
         parameters = {"type": "object", "properties": {}}
     if not isinstance(parameters, dict):
@@ -569,4 +596,33 @@ def normalize_parameters(tool: str, parameters: Any, budget: SchemaBudget | None
     body = {k: v for k, v in parameters.items() if k not in ("$defs", "definitions")}
     body["type"] = "object"
     normalizer = _Normalizer(tool, parameters, budget or SchemaBudget())
-    return normalizer.normalize(body, "")
+    schema = normalizer.normalize(body, "")
+    for path in normalizer.copy_marks:
+        _check_copy_mark(tool, schema, path)
+    return schema, dict(sorted(normalizer.copy_marks.items()))
+
+
+def string_property(schema: Schema, path: str) -> Schema | None:
+    """The schema of the string property at `path` (`a`, `a.b`) of a normalised object schema;
+    None when there is no such property or it is not a plain string (an array item, a number, a
+    union of types...)."""
+    if not path or "[]" in path:
+        return None
+    node: Schema = schema
+    for name in path.split("."):
+        properties = node.get("properties") if node.get("type") == "object" else None
+        if not isinstance(properties, dict) or name not in properties:
+            return None
+        node = properties[name]
+    return node if node.get("type") == "string" else None
+
+
+def _check_copy_mark(tool: str, schema: Schema, path: str) -> None:
+    if string_property(schema, path) is None:
+        what = "the parameters object" if not path else f"'{path}'"
+        raise SchemaError(
+            tool,
+            path,
+            COPY_KEYWORD,
+            f"only a string property can be copied from the request, and {what} is not one",
+        )

@@ -18,8 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .errors import CatalogueError
-from .schema import SchemaBudget, normalize_parameters
+from .schema import SchemaBudget, normalize_parameters_and_marks
 from .tool import ToolSpec, validate_tool_name
+
+CopyMarks = dict[str, bool]  # argument path -> declared copied (`schema.COPY_KEYWORD`)
 
 
 def snake_case(name: str) -> str:
@@ -27,24 +29,34 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
-def tool_from_any(item: Any, where: str, budget: SchemaBudget | None = None) -> tuple[ToolSpec, Any]:
-    """One tool from a model class, a function or an OpenAI dict; returns (spec, source).
+def tool_from_any(
+    item: Any, where: str, budget: SchemaBudget | None = None
+) -> tuple[ToolSpec, Any, CopyMarks]:
+    """One tool from a model class, a function or an OpenAI dict; returns (spec, source, the
+    copied-argument marks it declares).
 
     `budget` bounds the schema nodes of a whole catalogue (see `schema.SchemaBudget`).
     """
     if isinstance(item, type) and issubclass(item, BaseModel):
-        return tool_from_model(item, budget), item
+        spec, marks = _model_spec(item, budget)
+        return spec, item, marks
     if isinstance(item, dict):
-        return _spec_from_function_json(_unwrap_tool(item, where), where, budget), None
+        spec, marks = _spec_from_function_json(_unwrap_tool(item, where), where, budget)
+        return spec, None, marks
     if inspect.isfunction(item) or inspect.ismethod(item) or inspect.isbuiltin(item):
         model = function_arguments_model(item)
-        return _spec(item.__name__, _docstring_summary(item), model, where, budget), item
+        spec, marks = _spec(item.__name__, _docstring_summary(item), model, where, budget)
+        return spec, item, marks
     raise CatalogueError(
         f"{where}: {item!r} is not a Pydantic model class, a typed function or an OpenAI tool dict"
     )
 
 
 def tool_from_model(model: type[BaseModel], budget: SchemaBudget | None = None) -> ToolSpec:
+    return _model_spec(model, budget)[0]
+
+
+def _model_spec(model: type[BaseModel], budget: SchemaBudget | None) -> tuple[ToolSpec, CopyMarks]:
     name = model.model_config.get("title") or snake_case(model.__name__)
     schema = model.model_json_schema()
     return _spec(name, schema.get("description", ""), model, f"model {model.__name__}", budget)
@@ -52,15 +64,12 @@ def tool_from_model(model: type[BaseModel], budget: SchemaBudget | None = None) 
 
 def _spec(
     name: str, description: str, model: type[BaseModel], where: str, budget: SchemaBudget | None
-) -> ToolSpec:
+) -> tuple[ToolSpec, CopyMarks]:
     validate_tool_name(name, where)
     schema = model.model_json_schema()
     schema.pop("description", None)
-    return ToolSpec(
-        name=name,
-        description=(description or "").strip(),
-        parameters=normalize_parameters(name, schema, budget),
-    )
+    parameters, marks = normalize_parameters_and_marks(name, schema, budget)
+    return ToolSpec(name=name, description=(description or "").strip(), parameters=parameters), marks
 
 
 # -- functions ---------------------------------------------------------------------------------
@@ -184,21 +193,21 @@ def _unwrap_tool(item: dict[str, Any], where: str) -> dict[str, Any]:
     return {"__where__": where, **item}
 
 
-def _spec_from_function_json(item: dict[str, Any], where: str, budget: SchemaBudget | None) -> ToolSpec:
+def _spec_from_function_json(
+    item: dict[str, Any], where: str, budget: SchemaBudget | None
+) -> tuple[ToolSpec, CopyMarks]:
     where = item.pop("__where__", where)
     try:
         function = _FunctionJson.model_validate(item)
     except ValidationError as exc:
         raise CatalogueError(_format_validation_error(exc, where)) from None
     validate_tool_name(function.name, f"{where}.name")
-    return ToolSpec(
-        name=function.name,
-        description=function.description.strip(),
-        parameters=normalize_parameters(function.name, function.parameters, budget),
-    )
+    parameters, marks = normalize_parameters_and_marks(function.name, function.parameters, budget)
+    spec = ToolSpec(name=function.name, description=function.description.strip(), parameters=parameters)
+    return spec, marks
 
 
-def specs_from_openai(data: Any, where: str) -> list[ToolSpec]:
+def specs_from_openai(data: Any, where: str) -> list[tuple[ToolSpec, CopyMarks]]:
     if isinstance(data, dict) and ("tools" in data or "functions" in data):
         key = "tools" if "tools" in data else "functions"
         data, where = data[key], f"{where}.{key}"

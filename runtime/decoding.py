@@ -4,18 +4,21 @@
 model), `Matcher` adds clone and a byte probe to the grammar engine's `GrammarMatcher`, `Context` is one
 llama.cpp context with its own batch (several sequences share one unified KV cache, so a cached
 prefix or a branch point is shared by reference, never copied), and `pick_greedy` /
-`forced_bytes` are the two decisions a generation step makes.
+`forced_bytes` are the two decisions a generation step makes. With a `CopyTracker` (copied
+arguments, see `copying.py`), `pick_greedy` also keeps copied values to spans of the request.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy as np
 
+from .copying import CopyTracker, PieceTrie
 from .grammar_engine import GrammarMatcher, Utf8Tracker, utf8_pending
 
 if TYPE_CHECKING:
@@ -85,9 +88,17 @@ class Vocabulary:
         self.first_byte = {byte: np.array(ids, dtype=np.int32) for byte, ids in first.items()}
         # First bytes no single-byte token spells (so `probe` cannot see them): always candidates.
         self.unprobed = frozenset(first) - frozenset(by_byte)
+        # Pieces the checks on top of the grammar cannot refuse when no character is pending and
+        # no copied value is open: non-empty ASCII (the UTF-8 guard) without a quote (the copy rule).
+        self.plain = np.array([bool(p) and p.isascii() and b'"' not in p for p in self.pieces], dtype=bool)
 
     def is_eog(self, token: int) -> bool:
         return token in self._eog_set
+
+    @cached_property
+    def trie(self) -> PieceTrie:
+        """The pieces as a trie (built on first use: only routers with copied arguments walk it)."""
+        return PieceTrie(self.pieces, self._eog_set)
 
     def tokenize(self, text: str, special: bool) -> list[int]:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
@@ -173,35 +184,83 @@ def pick_greedy(
     logits: np.ndarray,
     next_bytes: Sequence[int] | None = None,
     may_end: bool = True,
+    copy: CopyTracker | None = None,
 ) -> int:
-    """The highest-logit token the grammar allows and that keeps the output valid UTF-8.
+    """The highest-logit token the grammar allows, that keeps the output valid UTF-8 and, with
+    `copy`, keeps copied values to spans of the request.
 
     Checked in tiers of the highest logits, then every token that can be allowed: the first
     allowed token of a tier sorted by logit is the argmax over the allowed set, the same token a
     full mask picks. `next_bytes`/`may_end` (from `Matcher.probe`) narrow the last tier to tokens
-    starting with an allowed byte, plus the end tokens when the grammar may end.
+    starting with an allowed byte, plus the end tokens when the grammar may end. Inside a copied
+    value the candidates are the few the request's spans allow (`CopyTracker.candidates`).
     """
+    if copy is not None and copy.inside:
+        candidates = copy.candidates(vocabulary.trie)
+        ids, values = allowed_tokens(matcher, utf8, vocabulary, logits, candidates, copy)
+        if not len(ids):
+            raise DecodeError("no token extends a span of the request here (dead end)")
+        return int(ids[int(np.argmax(values))])
     top = np.argpartition(-logits, TOP_K[-1])[: TOP_K[-1]]
     top = top[np.argsort(-logits[top], kind="stable")]
     for low, high in zip((0, *TOP_K[:-1]), TOP_K, strict=True):
         tier = top[low:high]
         masked = matcher.mask(tier, logits[tier])
         for token, value in zip(tier, masked, strict=True):
-            if np.isfinite(value) and utf8.extends(vocabulary.pieces[int(token)]):
+            if np.isfinite(value) and _keeps(int(token), utf8, vocabulary, copy):
                 return int(token)
-    if next_bytes is None:
-        candidates = vocabulary.all_ids
-    else:
-        candidates = vocabulary.candidates(set(next_bytes) | vocabulary.unprobed)
-        if may_end:
-            candidates = np.concatenate([candidates, vocabulary.eog])
+    candidates = step_candidates(vocabulary, next_bytes, may_end)
     masked = matcher.mask(candidates, logits[candidates])
     allowed = np.flatnonzero(np.isfinite(masked))
     for index in allowed[np.argsort(-masked[allowed], kind="stable")]:
         token = int(candidates[index])
-        if utf8.extends(vocabulary.pieces[token]):
+        if _keeps(token, utf8, vocabulary, copy):
             return token
     raise DecodeError("the grammar allows no token here (dead end)")
+
+
+def _keeps(token: int, utf8: Utf8Tracker, vocabulary: Vocabulary, copy: CopyTracker | None) -> bool:
+    """The checks on top of the grammar: valid UTF-8 and, with `copy`, the copy rule. A control
+    token (an empty piece here) is refused unless it ends generation: llama.cpp's grammar reads
+    it as its text (`<|im_end|>` is fine string content to it), which the output would not hold."""
+    piece = vocabulary.pieces[token]
+    if not piece:
+        return vocabulary.is_eog(token)
+    return utf8.extends(piece) and (copy is None or copy.allows(piece))
+
+
+def step_candidates(vocabulary: Vocabulary, next_bytes: Sequence[int] | None, may_end: bool) -> np.ndarray:
+    """Every token the grammar can allow at a step: those starting with a byte it allows next
+    (`Matcher.probe`), and the end tokens when it may end; all tokens without a probe."""
+    if next_bytes is None:
+        return vocabulary.all_ids
+    candidates = vocabulary.candidates(set(next_bytes) | vocabulary.unprobed)
+    if may_end:
+        candidates = np.concatenate([candidates, vocabulary.eog])
+    return candidates
+
+
+def allowed_tokens(
+    matcher: Matcher,
+    utf8: Utf8Tracker,
+    vocabulary: Vocabulary,
+    logits: np.ndarray,
+    candidates: np.ndarray,
+    copy: CopyTracker | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, logits) of the candidates the grammar, the UTF-8 guard and the copy rule allow."""
+    if not len(candidates):
+        return candidates, np.zeros(0, dtype=np.float32)
+    masked = matcher.mask(candidates, logits[candidates])
+    finite = np.flatnonzero(np.isfinite(masked))
+    if utf8.pending or (copy is not None and copy.inside):
+        checked = finite
+    else:  # only pieces the checks could refuse go through them (a free-text step allows ~45k)
+        checked = finite[~vocabulary.plain[candidates[finite]]]
+    refused = [i for i in checked if not _keeps(int(candidates[i]), utf8, vocabulary, copy)]
+    if refused:
+        finite = np.setdiff1d(finite, np.asarray(refused, dtype=finite.dtype), assume_unique=True)
+    return candidates[finite], masked[finite]
 
 
 class Context:

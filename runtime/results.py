@@ -53,8 +53,10 @@ class RouteResult(BaseModel):
 
     - `call`: `call` is a validated `ToolCall`: the only kind `dispatch` will run;
     - `no_tool`: `no_tool` holds the router's explicit refusal and its reason;
-    - `low_confidence`: the router chose a tool with a probability below the threshold;
-      `call` keeps the would-be call for inspection, `error` says why it was held back;
+    - `low_confidence`: a rule held the call back (`held_back_by`: `confidence`, the tool name's
+      probability below `min_confidence`; `call_score`, the call-level score below the stored
+      call threshold; `no_tool`, abstention: no_tool too probable, or the margin over it too
+      small); `call` keeps the would-be call for inspection, `error` says why. Never dispatched;
     - `invalid`: the output failed validation despite the grammar (or was cut short by a
       completion cap); `raw` has the text, `error` the reason. Never dispatched.
     """
@@ -67,6 +69,16 @@ class RouteResult(BaseModel):
     error: str | None = None
     raw: str
     confidence: float | None = Field(None, description="probability of the chosen tool name, among the names")
+    call_logprob: float | None = Field(
+        None, description="sum of log p of the tokens the model chose, under the constrained distribution"
+    )
+    min_token_logprob: float | None = Field(None, description="the least log p among those tokens")
+    scored_tokens: int = Field(0, description="tokens the model chose (forced tokens are not scored)")
+    held_back_by: Literal["confidence", "call_score", "no_tool"] | None = None
+    no_span: list[str] = Field(
+        default_factory=list,
+        description="copied arguments (tool.argument) no span of the request fits: left out, or their tool",
+    )
     runner_up: RunnerUp | None = None
     probabilities: dict[str, float] = Field(default_factory=dict)
     prompt_tokens: int

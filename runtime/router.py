@@ -30,7 +30,11 @@ How a request runs:
    closing braces) are appended without asking the model (spelled the way the tokenizer
    spells them, as in training), which skips about half the decode steps of a typical call;
    `fast_forward=False` turns this off. Generation stops at an end-of-generation token or as
-   soon as the grammar is complete.
+   soon as the grammar is complete. Copied arguments (the file's `copied_arguments`) are held
+   to spans of the request on top of the grammar (`copying.py`; a dead end, where no span
+   fits, decodes again without that argument or tool: `copy_rule.py`), and each token the
+   model chooses is scored under the constrained distribution (`confidence.chosen_logprob`):
+   the call score (`call_logprob`, `min_token_logprob`).
 4. **Confidence** at the decision point right after `{"tool":"`: the probability of each name
    under the grammar-constrained distribution, from the logits the greedy step reads anyway
    (no extra decode when the tools' names start differently); see `confidence.py`.
@@ -66,7 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +83,11 @@ from toolroute.grammars import NO_TOOL, Catalogue, NoTool, ToolCall, catalogue_g
 from toolroute.grammars.output_bound import completion_token_budget
 
 from .chat_template import ChatTemplate, ChatTemplateError, RouterPrompt, Turn
-from .confidence import DECISION, MAX_BRANCHES, NameScorer
+from .confidence import DECISION, MAX_BRANCHES, NameScorer, chosen_logprob
 from .context_pool import ContextPool, WaitLimits
-from .decoding import Context, Matcher, Vocabulary, forced_bytes, pick_greedy
+from .copy_rule import CopyRule, Fallback
+from .copying import CopyTracker
+from .decoding import Context, DecodeError, Matcher, Vocabulary, forced_bytes, pick_greedy
 from .dispatch import DispatchResult, Registry
 from .grammar_engine import GrammarLoadError, Utf8Tracker
 from .lru import LruCache
@@ -95,8 +101,10 @@ from .results import (
 )
 from .router_file import PREFIX as ROUTER_PREFIX
 from .router_file import TEMPLATE_KEY, RouterFile, RouterFileError, RouterMetadata, read_router_file
+from .thresholds import CallThreshold, NoToolThreshold
 
 PREFIX_SEQ = 0  # the cached prompt prefix, filled once per context
+NO_TOOL_PREFIX = DECISION + NO_TOOL.encode() + b'"'
 WORK_SEQ = 1  # the request being routed
 FIRST_BRANCH_SEQ = 2  # one per tool name while scoring confidence
 DEFAULT_N_CTX = 4096
@@ -158,6 +166,9 @@ class _Generation:
     tokens: int
     truncated: bool
     probabilities: dict[str, float]
+    # log p of each token the model chose (forced tokens excluded), under the constrained distribution
+    logprobs: list[float] = field(default_factory=list)
+    dead_end: tuple[str, str] | None = None  # (tool, copied argument) no span of the request fits
 
 
 class Router:
@@ -177,6 +188,11 @@ class Router:
         max_completion_tokens: int | None = None,
         cache_prefix: bool = True,
         fast_forward: bool = True,
+        copy_rule: bool = True,
+        call_score: bool = True,
+        stored_thresholds: bool = True,
+        call_threshold: CallThreshold | None = None,
+        no_tool_threshold: NoToolThreshold | None = None,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -185,7 +201,14 @@ class Router:
         self.path = path
         self.metadata = metadata
         self.catalogue = catalogue
-        self.min_confidence = metadata.threshold if min_confidence is None else min_confidence
+        stored = metadata.threshold if stored_thresholds else None
+        self.min_confidence = stored if min_confidence is None else min_confidence
+        self.call_threshold = call_threshold or (metadata.call_rule if stored_thresholds else None)
+        self.no_tool_threshold = no_tool_threshold or (metadata.no_tool_rule if stored_thresholds else None)
+        self.call_score = call_score
+        # The file's copied arguments; `copy_rule=False` decodes with the grammar alone.
+        copied = metadata.copied(catalogue) if copy_rule else ()
+        self.copy_rule = CopyRule(catalogue, copied, metadata.options)
         self.cache_prefix = cache_prefix
         self.fast_forward = fast_forward
         self.n_ctx = n_ctx
@@ -199,8 +222,10 @@ class Router:
         template = ChatTemplate(template=metadata.chat_template, bos_token=bos, eos_token=eos)
         self.prompt = RouterPrompt(chat_template=template, system_prompt=metadata.system_prompt)
         self._prompts = PromptTokenizer(self.prompt, self.vocabulary)
-        self._grammars: LruCache[frozenset[str] | None, _Grammar] = LruCache(MAX_CACHED_GRAMMARS)
+        self._grammars: LruCache[tuple[frozenset[str] | None, bool], _Grammar] = LruCache(MAX_CACHED_GRAMMARS)
         self._grammar_lock = threading.Lock()
+        # Grammars decoded again after a copy-rule dead end (see copy_rule.py), by what they leave out.
+        self._fallback_grammars: LruCache[tuple[Fallback, bool], _Grammar] = LruCache(MAX_CACHED_GRAMMARS)
         full = self._grammar(None)
         # Branch sequences: one to teacher-force `{"tool":"` if an output steps over it, and two
         # levels of ambiguous name tokens when names share prefixes (see confidence.py).
@@ -231,12 +256,20 @@ class Router:
         max_completion_tokens: int | None = None,
         cache_prefix: bool = True,
         fast_forward: bool = True,
+        copy_rule: bool = True,
+        call_score: bool = True,
+        stored_thresholds: bool = True,
+        call_threshold: CallThreshold | None = None,
+        no_tool_threshold: NoToolThreshold | None = None,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
         `tools` (Pydantic models, typed functions, OpenAI tools JSON, a `Catalogue`) must declare
         exactly the embedded catalogue, in any order; calls then come back as the given Pydantic
-        classes. `min_confidence` defaults to the threshold embedded in the file, if any.
+        classes. `min_confidence`, `call_threshold` and `no_tool_threshold` default to the ones
+        the file stores, if any (`stored_thresholds=False` ignores those: nothing is held back
+        unless given here). `copy_rule=False` ignores the file's copied arguments (the catalogue's
+        grammar alone decides), `call_score=False` skips the call-level score (see `thresholds.py`).
         """
         where = str(path)
         if not Path(path).is_file():
@@ -266,6 +299,11 @@ class Router:
                 max_completion_tokens=max_completion_tokens,
                 cache_prefix=cache_prefix,
                 fast_forward=fast_forward,
+                copy_rule=copy_rule,
+                call_score=call_score,
+                stored_thresholds=stored_thresholds,
+                call_threshold=call_threshold,
+                no_tool_threshold=no_tool_threshold,
             )
         except GrammarLoadError as exc:
             llama.close()
@@ -298,27 +336,32 @@ class Router:
 
     # -- grammars ----------------------------------------------------------------------------
 
-    def _grammar(self, tools: Iterable[str] | None) -> _Grammar:
-        """The grammar for all tools (the embedded one) or for a subset of them."""
+    def _grammar(self, tools: Iterable[str] | None, no_tool: bool = True) -> _Grammar:
+        """The grammar for all tools (the embedded one) or for a subset of them (empty: no_tool
+        only), with or without no_tool (without: a call is required)."""
         key = None if tools is None else frozenset(tools)
         if key is not None and key == frozenset(self.catalogue.names):
             key = None
+        if key is not None and not key and not no_tool:
+            raise RouteInputError("no tools and no no_tool: a grammar that accepts nothing")
         with self._grammar_lock:
-            grammar = self._grammars.get(key)
+            grammar = self._grammars.get((key, no_tool))
             if grammar is None:
-                if key is None:
+                if key is None and no_tool:
                     gbnf, names = self.metadata.grammar, self.catalogue.names
                 else:
-                    if unknown := sorted(key - set(self.catalogue.names)):
+                    if key is not None and (unknown := sorted(key - set(self.catalogue.names))):
                         raise RouteInputError(f"tools not in the router's catalogue: {', '.join(unknown)}")
-                    subset = self.catalogue.subset(n for n in self.catalogue.names if n in key)
-                    gbnf, names = catalogue_gbnf(subset, self.metadata.options), subset.names
+                    names = [n for n in self.catalogue.names if key is None or n in key]
+                    subset = self.catalogue.subset(names) if names else self.catalogue
+                    options = self.metadata.options
+                    gbnf = catalogue_gbnf(subset, options, calls=bool(names), no_tool=no_tool)
                 limit = completion_token_budget(gbnf)
                 if self._max_completion_tokens is not None:
                     limit = min(limit, self._max_completion_tokens)
-                names = [*names, NO_TOOL]
+                names = [*names, NO_TOOL] if no_tool else list(names)
                 grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
-                self._grammars.put(key, grammar)
+                self._grammars.put((key, no_tool), grammar)
             return grammar
 
     @property
@@ -337,7 +380,11 @@ class Router:
         return turns
 
     def prepare(
-        self, text: str, history: Sequence[HistoryItem] | None = None, tools: Iterable[str] | None = None
+        self,
+        text: str,
+        history: Sequence[HistoryItem] | None = None,
+        tools: Iterable[str] | None = None,
+        no_tool: bool = True,
     ) -> tuple[list[int], int, _Grammar]:
         """Check a request and tokenize it: (prompt tokens, cached prefix length, grammar).
 
@@ -348,7 +395,7 @@ class Router:
         request = text.strip()  # training requests carry no surrounding whitespace
         if not request:
             raise EmptyRequestError("empty request: there is nothing to route")
-        grammar = self._grammar(tools)
+        grammar = self._grammar(tools, no_tool)
         turns = self._turns(history)
         try:
             tokens = self._prompts.tokens(request, turns)
@@ -395,21 +442,55 @@ class Router:
         history: Sequence[HistoryItem] | None = None,
         *,
         tools: Iterable[str] | None = None,
+        no_tool: bool = True,
         wait: WaitLimits | None = None,
     ) -> RouteResult:
         """Route one request. `history`: earlier turns ({role, content}, user/assistant/tool).
 
         `tools` restricts the choice to some of the catalogue's tools (the grammar is narrowed;
-        the prompt stays the one the router was trained with). `wait` bounds the wait for a free
-        context (`RouterBusyError`) and lets the caller withdraw (`WaitCancelledError`); by
-        default a request waits as long as it takes.
+        the prompt stays the one the router was trained with; empty: no_tool only), and
+        `no_tool=False` takes no_tool out of the grammar (a call is required). `wait` bounds the
+        wait for a free context (`RouterBusyError`) and lets the caller withdraw
+        (`WaitCancelledError`); by default a request waits as long as it takes.
         """
         start = time.perf_counter()
-        tokens, cached, grammar = self.prepare(text, history, tools)
+        tokens, cached, grammar = self.prepare(text, history, tools, no_tool)
         budget = self.completion_budget(len(tokens), cached, grammar)
+        request = text.strip()
+        no_span: list[str] = []
         with self._slots.acquire(wait) as slot:
-            generation = self._generate(slot, tokens, cached, grammar, budget)
-        return self._result(generation, grammar, tokens, cached, start)
+            copy = self.copy_rule.tracker(request)
+            generation = self._generate(slot, tokens, cached, grammar, budget, copy)
+            fallback = Fallback(tuple(n for n in grammar.names if n != NO_TOOL), frozenset())
+            while generation.dead_end is not None:
+                tool, argument = generation.dead_end
+                no_span.append(f"{tool}.{argument}")
+                fallback = self.copy_rule.fall_back(fallback.names, fallback.dropped, tool, argument)
+                if not fallback.names and NO_TOOL not in grammar.names:
+                    generation = _Generation(b"", generation.tokens, False, generation.probabilities)
+                    break
+                grammar = self._fallback_grammar(fallback, NO_TOOL in grammar.names)
+                generation = self._generate(
+                    slot, tokens, cached, grammar, min(budget, grammar.max_tokens),
+                    self.copy_rule.tracker(request), generation.probabilities,
+                )  # fmt: skip
+        return self._result(generation, grammar, tokens, cached, start, no_span)
+
+    def _fallback_grammar(self, fallback: Fallback, no_tool: bool) -> _Grammar:
+        """The grammar to decode with again after a copy-rule dead end (see copy_rule.py)."""
+        if not fallback.dropped:
+            return self._grammar(fallback.names, no_tool)
+        with self._grammar_lock:
+            grammar = self._fallback_grammars.get((fallback, no_tool))
+            if grammar is None:
+                gbnf = self.copy_rule.gbnf(fallback, no_tool)
+                limit = completion_token_budget(gbnf)
+                if self._max_completion_tokens is not None:
+                    limit = min(limit, self._max_completion_tokens)
+                names = [*fallback.names, NO_TOOL] if no_tool else list(fallback.names)
+                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
+                self._fallback_grammars.put((fallback, no_tool), grammar)
+            return grammar
 
     def route_many(
         self, texts: Sequence[str], history: Sequence[HistoryItem] | None = None
@@ -426,8 +507,18 @@ class Router:
             return list(pool.map(lambda text: self.route(text, history), texts))
 
     def _generate(
-        self, slot: _Slot, tokens: list[int], cached: int, grammar: _Grammar, budget: int
+        self,
+        slot: _Slot,
+        tokens: list[int],
+        cached: int,
+        grammar: _Grammar,
+        budget: int,
+        copy: CopyTracker | None = None,
+        scored: dict[str, float] | None = None,
     ) -> _Generation:
+        """Greedy decoding under the grammar (and, with `copy`, the copy rule). `scored`: the
+        names' probabilities already read at the decision point (a decoding again after a
+        copy-rule dead end keeps the first decoding's)."""
         context, vocabulary = slot.context, self.vocabulary
         pieces = vocabulary.pieces
         branch_seqs = list(range(FIRST_BRANCH_SEQ, self._n_seq_max))
@@ -440,12 +531,16 @@ class Router:
         produced: list[int] = []
         pending = list(tokens[cached:])
         position = cached
-        probabilities: dict[str, float] | None = None
+        probabilities: dict[str, float] | None = scored
         truncated = False
+        logprobs: list[float] = []
+        dead_end: tuple[str, str] | None = None
 
-        def take(token: int) -> None:  # a token the grammar was just seen to allow
+        def take(token: int) -> None:  # a token the grammar (and the copy rule) was just seen to allow
             matcher.advance(token)
             utf8.push(pieces[token])
+            if copy is not None:
+                copy.push(pieces[token])
             out.extend(pieces[token])
             produced.append(token)
             pending.append(token)
@@ -467,8 +562,11 @@ class Router:
                         # decodes that last token itself, under the grammar.
                         spelled = spelled[:-1]
                     for token in spelled:
-                        if not (matcher.allows(token) and utf8.extends(pieces[token])):
+                        piece = pieces[token]
+                        if not (matcher.allows(token) and utf8.extends(piece)):
                             break
+                        if copy is not None and not copy.allows(piece):
+                            break  # the model's step below finds what the rule allows, or a dead end
                         take(token)
                 allowed, may_end = matcher.probe(vocabulary)
                 if not allowed:
@@ -483,7 +581,19 @@ class Router:
                     probabilities = grammar.scorer.score(
                         context, WORK_SEQ, position, logits, matcher, branch_seqs
                     ).probabilities
-                token = pick_greedy(matcher, utf8, vocabulary, logits, allowed, may_end)
+                if copy is not None:
+                    copy.rejected = None
+                try:
+                    token = pick_greedy(matcher, utf8, vocabulary, logits, allowed, may_end, copy)
+                except DecodeError:
+                    if copy is None or copy.dead_end is None:
+                        raise
+                    dead_end = copy.dead_end
+                    break
+                if self.call_score and not out.startswith(NO_TOOL_PREFIX):  # only calls are scored
+                    logprobs.append(
+                        chosen_logprob(matcher, utf8, vocabulary, logits, token, allowed, may_end, copy)
+                    )
                 if vocabulary.is_eog(token):
                     break
                 take(token)
@@ -492,7 +602,7 @@ class Router:
         finally:
             context.seq_rm(WORK_SEQ)
             matcher.close()
-        return _Generation(bytes(out), len(produced), truncated, probabilities)
+        return _Generation(bytes(out), len(produced), truncated, probabilities, logprobs, dead_end)
 
     def _score_forced(
         self, slot: _Slot, grammar: _Grammar, tokens: list[int], branch_seqs: list[int]
@@ -514,7 +624,13 @@ class Router:
             matcher.close()
 
     def _result(
-        self, generation: _Generation, grammar: _Grammar, tokens: list[int], cached: int, start: float
+        self,
+        generation: _Generation,
+        grammar: _Grammar,
+        tokens: list[int],
+        cached: int,
+        start: float,
+        no_span: Sequence[str] = (),
     ) -> RouteResult:
         raw = generation.text.decode("utf-8", "replace")
         parsed = None if generation.truncated else self.catalogue.parse(raw)
@@ -525,23 +641,29 @@ class Router:
         confidence = probabilities.get(chosen) if chosen else None
         others = [(n, p) for n, p in probabilities.items() if n != chosen]
         runner_up = RunnerUp(tool=others[0][0], probability=others[0][1]) if chosen and others else None
+        logprobs = [] if isinstance(parsed, NoTool) else generation.logprobs  # a refusal has no call score
+        scores: dict[str, float | None] = {
+            "name_probability": confidence,
+            "call_logprob": sum(logprobs) if logprobs else None,
+            "min_token_logprob": min(logprobs) if logprobs else None,
+        }
         fields: dict[str, Any] = {}
         if isinstance(parsed, ToolCall):
-            fields["call"] = parsed
-            threshold = self.min_confidence
-            if threshold is not None and confidence is not None and confidence < threshold:
-                fields["kind"] = "low_confidence"
-                fields["error"] = (
-                    f"confidence {confidence:.3f} in {parsed.tool} is below the threshold {threshold:g}"
-                    + (f" (runner-up {runner_up.tool} at {runner_up.probability:.3f})" if runner_up else "")
-                )
-            else:
-                fields["kind"] = "call"
+            fields.update(call=parsed, kind="call")
+            held = self._held_back(parsed.tool, confidence, probabilities.get(NO_TOOL), scores, runner_up)
+            if held is not None:
+                fields.update(kind="low_confidence", held_back_by=held[0], error=held[1])
         elif isinstance(parsed, NoTool):
             fields.update(kind="no_tool", no_tool=parsed)
+        elif not raw and no_span:
+            fields.update(kind="invalid", error=f"no span of the request fits {', '.join(no_span)}")
         else:
             fields.update(kind="invalid", error=self._diagnose(raw, generation))
         return RouteResult(
+            call_logprob=scores["call_logprob"],
+            min_token_logprob=scores["min_token_logprob"],
+            scored_tokens=len(logprobs),
+            no_span=list(no_span),
             raw=raw,
             confidence=confidence,
             runner_up=runner_up,
@@ -552,6 +674,30 @@ class Router:
             latency_ms=(time.perf_counter() - start) * 1000.0,
             **fields,
         )
+
+    def _held_back(
+        self,
+        tool: str,
+        confidence: float | None,
+        no_tool_probability: float | None,
+        scores: dict[str, float | None],
+        runner_up: RunnerUp | None,
+    ) -> tuple[str, str] | None:
+        """(rule, why) when a rule holds the call back: abstention first, then the call score,
+        then the name probability (see thresholds.py)."""
+        rule = self.no_tool_threshold
+        if rule is not None and rule.holds_back(confidence, no_tool_probability):
+            assert confidence is not None and no_tool_probability is not None
+            return "no_tool", f"abstained from {tool}: {rule.describe(confidence, no_tool_probability)}"
+        if self.call_threshold is not None and self.call_threshold.holds_back(scores):
+            return "call_score", f"the call to {tool} is held back: {self.call_threshold.describe(scores)}"
+        threshold = self.min_confidence
+        if threshold is not None and confidence is not None and confidence < threshold:
+            return "confidence", (
+                f"confidence {confidence:.3f} in {tool} is below the threshold {threshold:g}"
+                + (f" (runner-up {runner_up.tool} at {runner_up.probability:.3f})" if runner_up else "")
+            )
+        return None
 
     def _diagnose(self, raw: str, generation: _Generation) -> str:
         if generation.truncated:

@@ -2,7 +2,8 @@
 
 One file is the whole router: the catalogue (and its hash), the prompt mode and the exact system
 prompt the model was trained with, the GBNF grammar, the chat template, the base's identity, the
-training manifest's hash and, once an evaluation picked one, the confidence threshold. Every value
+training manifest's hash, the copied arguments (format 2) and, once an evaluation picked them, the
+thresholds (the name-probability `min_confidence`; format 2: the call-score and no_tool ones). Every value
 is a GGUF string so that llama.cpp (`Llama.metadata`) reads it without the `gguf` package.
 
 A router file may come from anyone, so nothing in it is trusted as is (`RouterMetadata.from_kv`):
@@ -30,13 +31,16 @@ from typing import Annotated, Any
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from toolroute.grammars import Catalogue, CatalogueError, GrammarOptions, SchemaError
+from toolroute.grammars import Catalogue, CatalogueError, CopiedArgument, GrammarOptions, SchemaError
+from toolroute.grammars.copied import copied_from_json, copied_to_json
 
 from .bounded_json import JsonInputError, loads_bounded
 from .gguf_header import GgufHeaderError, read_gguf_metadata
 from .template_sandbox import TemplateLimitError, check_template
+from .thresholds import CallThreshold, NoToolThreshold
 
-FORMAT_VERSION = 1
+# 1: the first format. 2: `copied_arguments`, `call_threshold`, `no_tool_threshold` (all optional).
+FORMAT_VERSION = 2
 PREFIX = "toolroute."
 TEMPLATE_KEY = "tokenizer.chat_template"  # llama-cpp-python also compiles every `TEMPLATE_KEY.*`
 
@@ -47,6 +51,7 @@ MAX_GRAMMAR = 1 << 22
 MAX_SYSTEM_PROMPT = 1 << 20
 MAX_CHAT_TEMPLATE = 1 << 18
 MAX_SMALL_FIELD = 1 << 12  # hashes, names, options and the base's identity
+MAX_COPIED = 1 << 18  # the copied-arguments list: ~100 bytes an argument
 
 _Small = Annotated[str, Field(max_length=MAX_SMALL_FIELD)]
 
@@ -71,6 +76,10 @@ class RouterMetadata(BaseModel):
     base: _Small  # the base model's identity as JSON
     manifest_sha256: _Small
     min_confidence: _Small | None = None  # a decimal, once an evaluation picked a threshold
+    # Format 2. The copied arguments as a JSON list of `CopiedArgument` (absent: none).
+    copied_arguments: Annotated[str, Field(max_length=MAX_COPIED)] | None = None
+    call_threshold: _Small | None = None  # `CallThreshold` as JSON, once an evaluation picked one
+    no_tool_threshold: _Small | None = None  # `NoToolThreshold` as JSON, likewise
 
     @classmethod
     def build(
@@ -85,6 +94,7 @@ class RouterMetadata(BaseModel):
         manifest_sha256: str,
         options: GrammarOptions | None = None,
         min_confidence: float | None = None,
+        copied: tuple[CopiedArgument, ...] | list[CopiedArgument] = (),
     ) -> RouterMetadata:
         """Metadata for a catalogue: its JSON, hash and grammar are derived here, in one place."""
         from toolroute.grammars import catalogue_gbnf
@@ -102,6 +112,7 @@ class RouterMetadata(BaseModel):
             base=base,
             manifest_sha256=manifest_sha256,
             min_confidence=None if min_confidence is None else str(min_confidence),
+            copied_arguments=copied_to_json(copied) if copied else None,
         )
 
     def to_kv(self) -> dict[str, str]:
@@ -122,6 +133,22 @@ class RouterMetadata(BaseModel):
     @property
     def threshold(self) -> float | None:
         return None if self.min_confidence is None else float(self.min_confidence)
+
+    def copied(self, catalogue: Catalogue) -> tuple[CopiedArgument, ...]:
+        """The copied arguments, checked against the catalogue (raises CatalogueError)."""
+        if self.copied_arguments is None:
+            return ()
+        return copied_from_json(self.copied_arguments, catalogue.tools, f"{PREFIX}copied_arguments")
+
+    @property
+    def call_rule(self) -> CallThreshold | None:
+        return None if self.call_threshold is None else CallThreshold.model_validate_json(self.call_threshold)
+
+    @property
+    def no_tool_rule(self) -> NoToolThreshold | None:
+        if self.no_tool_threshold is None:
+            return None
+        return NoToolThreshold.model_validate_json(self.no_tool_threshold)
 
 
 @dataclass(frozen=True)
@@ -172,6 +199,12 @@ def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
         catalogue = metadata.load_catalogue()
     except (CatalogueError, ValueError, RecursionError) as exc:  # whatever the JSON holds: refused
         raise RouterFileError(f"{where}: the embedded catalogue does not load: {exc}") from None
+    try:
+        metadata.copied(catalogue)
+        metadata.call_rule  # noqa: B018 - parsing is the check
+        metadata.no_tool_rule  # noqa: B018
+    except (CatalogueError, ValidationError, ValueError) as exc:
+        raise RouterFileError(f"{where}: invalid router metadata: {exc}") from None
     grammar = _regenerated_grammar(metadata, catalogue, where)
     _check_templates(metadata, kv, where)
     return RouterFile(

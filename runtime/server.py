@@ -1,6 +1,7 @@
 """`toolroute serve`: an OpenAI-compatible HTTP endpoint over one router (the `serve` extra).
 
-    POST /v1/chat/completions   messages (+ optional tools, a subset of the catalogue)
+    POST /v1/chat/completions   messages (+ optional tools, a subset of the catalogue; tool_choice;
+                                stream: Server-Sent Events, `streaming.py`)
     GET  /v1/models             the one model served
     GET  /healthz               {"status": "ok"}
 
@@ -24,6 +25,10 @@ adds what neither does by default:
   on GET; bodies over `max_body_bytes` get 413 (declared or while reading); JSON is parsed with a
   depth limit (400).
 
+Stopping: SIGTERM or Ctrl-C stops accepting, lets requests in flight finish for up to
+`shutdown_timeout_s` (those still queued then are withdrawn and answered 503 `shutting_down`), and
+`serve_forever` returns, so `toolroute serve` exits 0 (uvicorn itself re-raises the signal: 143).
+
 Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, naming the header
 or field at fault. The one exception is uvicorn's own answer beyond `max_connections` (a plain
 503 "Service Unavailable", sent before the request reaches this code). Routing is blocking CPU
@@ -32,13 +37,17 @@ work: it runs in a worker thread, so the event loop keeps answering (health chec
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import json
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import FrameType
 from typing import Any
 
 try:
@@ -51,7 +60,7 @@ try:
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -63,7 +72,8 @@ except ModuleNotFoundError as exc:  # the runtime core installs without the HTTP
 
 from .router import Router
 from .server_settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
-from .service import ApiError, ChatService
+from .service import ApiError, ChatService, Reply
+from .streaming import SSE_DONE, completion_chunks, sse_event
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -251,9 +261,12 @@ class RequestGuard:
 
 
 class Endpoints:
-    def __init__(self, service: ChatService, settings: ServerSettings) -> None:
+    def __init__(
+        self, service: ChatService, settings: ServerSettings, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         self.service = service
         self.settings = settings
+        self.stopping = stopping  # whether the server is shutting down
         self._threads: anyio.CapacityLimiter | None = None
 
     def _thread_limiter(self) -> anyio.CapacityLimiter:
@@ -274,9 +287,33 @@ class Endpoints:
     async def chat_completions(self, request: Request) -> Response:
         try:
             raw = await self._read_body(request)
-            return JSONResponse(await self._complete(raw, request.receive))
+            reply = await self._complete(raw, request.receive)
+            if not reply.stream:
+                return JSONResponse(reply.completion)
+            return StreamingResponse(
+                self._events(reply),
+                media_type="text/event-stream",
+                # No proxy or browser may hold events back or cache them.
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         except ApiError as exc:
             return error_response(exc)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is left when the shutdown's drain timeout ends; the request
+            # (withdrawn from the queue by then, see `_watch_disconnect`) still gets a status.
+            task = asyncio.current_task()
+            if not self.stopping() or task is None:
+                raise
+            task.uncancel()
+            return error_response(
+                ApiError(
+                    503,
+                    "the server is shutting down and this request did not finish within "
+                    f"{self.settings.shutdown_timeout_s:g} s; retry",
+                    "shutting_down",
+                    headers={"Retry-After": str(self.settings.retry_after_s), "Connection": "close"},
+                )
+            )
         except Exception as exc:  # the server stays up; the client gets a structured 500
             print(f"toolroute serve: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
             return error_response(ApiError(500, f"internal error: {type(exc).__name__}", "internal_error"))
@@ -331,10 +368,34 @@ class Endpoints:
                 "Content-Length",
             ) from None
 
-    async def _complete(self, raw: bytes, receive: Receive) -> dict[str, Any]:
+    async def _events(self, reply: Reply) -> AsyncIterator[bytes]:
+        """A reply's Server-Sent Events. Chunks are taken in a worker thread: a producer that
+        generates as it streams (an answer) blocks there, not on the event loop.
+
+        Starlette stops iterating when the client disconnects; `reply.cancelled` then tells the
+        producer. A producer that fails mid-stream (the status is sent by then) ends the stream
+        with an OpenAI-shaped `error` event and no `[DONE]`, which the official clients raise.
+        """
+        chunks = completion_chunks(reply.completion, include_usage=reply.include_usage, content=reply.content)
+        limiter, finished = self._thread_limiter(), False
+        try:
+            while chunk := await anyio.to_thread.run_sync(_next_chunk, chunks, limiter=limiter):
+                yield sse_event(chunk)
+            finished = True
+            yield SSE_DONE
+        except Exception as exc:
+            print(f"toolroute serve: internal error mid-stream: {type(exc).__name__}: {exc}", file=sys.stderr)
+            finished = True
+            error = ApiError(500, f"internal error mid-stream: {type(exc).__name__}", "internal_error")
+            yield sse_event(error.body())
+        finally:
+            if not finished:  # the client left (or the server is cancelling): stop the producer
+                reply.cancelled.set()
+
+    async def _complete(self, raw: bytes, receive: Receive) -> Reply:
         """Route in a worker thread while watching the connection; errors leave the task group as is."""
         cancelled = threading.Event()
-        outcome: dict[str, Any] | BaseException | None = None
+        outcome: Reply | BaseException | None = None
         async with anyio.create_task_group() as watchers:
             watchers.start_soon(self._watch_disconnect, receive, cancelled)
             try:
@@ -351,11 +412,19 @@ class Endpoints:
         return outcome
 
     async def _watch_disconnect(self, receive: Receive, cancelled: threading.Event) -> None:
-        """Withdraw the request from the context queue as soon as its client goes away."""
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        cancelled.set()
-        self.service.router.contexts.wake()
+        """Withdraw the request from the context queue as soon as its client goes away, or as
+        soon as the request itself is cancelled (a shutdown whose drain timeout has passed)."""
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            # Also reached when `_complete` cancels this watcher after the route: harmless then.
+            cancelled.set()
+            self.service.router.contexts.wake()
+
+
+def _next_chunk(chunks: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+    return next(chunks, None)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -370,8 +439,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-def build_app(service: ChatService, settings: ServerSettings, hosts: frozenset[str]) -> Starlette:
-    endpoints = Endpoints(service, settings)
+def build_app(
+    service: ChatService,
+    settings: ServerSettings,
+    hosts: frozenset[str],
+    stopping: Callable[[], bool] = lambda: False,
+) -> Starlette:
+    endpoints = Endpoints(service, settings, stopping)
     middleware = [Middleware(RequestGuard, settings=settings, hosts=hosts)]
     if settings.allowed_origins:
         middleware.append(
@@ -410,7 +484,7 @@ class RouterServer:
         self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
         hosts = settings.host_values(host, self.server_address[1])
         config = uvicorn.Config(
-            build_app(service, settings, hosts),
+            build_app(service, settings, hosts, stopping=lambda: self._uvicorn.should_exit),
             http=strict_h11(settings.read_timeout_s),
             loop="asyncio",
             lifespan="off",
@@ -426,7 +500,7 @@ class RouterServer:
             log_level="error" if quiet else "info",
             access_log=not quiet,
         )
-        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn = _DrainingServer(config)
         self._serving = threading.Event()
         self._stopped = threading.Event()
 
@@ -454,6 +528,23 @@ class RouterServer:
 
     def server_close(self) -> None:
         self.socket.close()
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose `run()` returns normally after a SIGTERM (or Ctrl-C) and its drain.
+
+    On SIGTERM uvicorn stops accepting, lets in-flight requests finish (up to
+    `timeout_graceful_shutdown`, then cancels them), and then re-raises the signal so that the
+    process dies of it (exit 143). A server that drained as asked has done its job: here the
+    signal only starts the shutdown, and `toolroute serve` exits 0. A second Ctrl-C still forces
+    the exit, as in uvicorn.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
 
 
 def _logging_config() -> dict[str, Any]:

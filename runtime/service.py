@@ -9,6 +9,16 @@ low-confidence or invalid result comes back as assistant `content` (the reason) 
 response also carries a `toolroute` object (kind, confidence, runner-up, raw output) that
 OpenAI clients ignore.
 
+`tool_choice` goes into the grammar, not the prompt: `"auto"` (the default) lets the router
+choose among the tools and no_tool; `"none"` leaves only no_tool (its reason comes back as
+content); `"required"` takes no_tool out, and `{"type": "function", "function": {"name": N}}`
+leaves only tool N (`{"type": "allowed_tools", ...}` narrows to its tools in mode auto or
+required). When a call is required, a call below the confidence threshold is still returned
+(the client ruled out "no call", which is all the threshold can fall back to); its
+`toolroute.kind` says `low_confidence`. `parallel_tool_calls` is accepted either way: a response
+carries at most one call. `"stream": true` returns the same completion as Server-Sent Events
+(`streaming.py`), routed first, so that every error is still a status, not a broken stream.
+
 `tools`, when given, must each equal a catalogue tool (400 otherwise) and narrow the grammar to
 them; they are compared by name first and taken as is when they equal the catalogue's own JSON,
 so a request pays for schema normalisation only when it declares a known tool differently, and
@@ -23,6 +33,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,6 +133,12 @@ class _RequestTool(BaseModel):
     function: _ToolName
 
 
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+
+
 class ChatRequest(BaseModel):
     """The fields of a chat completion request this server reads (others are accepted, unused)."""
 
@@ -129,9 +147,99 @@ class ChatRequest(BaseModel):
     model: str | None = None
     messages: list[_Message] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tool_choice: Any = None  # checked by `grammar_choice`, which names what is wrong
+    parallel_tool_calls: bool | None = None  # accepted: a response carries at most one call anyway
     stream: bool | None = None
+    stream_options: _StreamOptions | None = None
     n: int | None = None
+
+
+@dataclass(frozen=True)
+class GrammarChoice:
+    """What a request's `tool_choice` leaves in the grammar: `tools` (None: all; empty: none)
+    and whether no_tool stays (without it a call is required)."""
+
+    tools: list[str] | None
+    no_tool: bool
+
+    @property
+    def call_required(self) -> bool:
+        return not self.no_tool
+
+
+TOOL_CHOICE_FORMS = (
+    '"auto", "none", "required", {"type": "function", "function": {"name": NAME}} or '
+    '{"type": "allowed_tools", "allowed_tools": {"mode": "auto"|"required", "tools": [...]}}'
+)
+
+
+def _choice_error(message: str, code: str = "invalid_tool_choice") -> ApiError:
+    return ApiError(400, message, code, "tool_choice")
+
+
+def _named(entry: Any, where: str) -> str:
+    """The NAME of `{"type": "function", "function": {"name": NAME}}`."""
+    function = entry.get("function") if isinstance(entry, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not (isinstance(entry, dict) and entry.get("type") == "function" and isinstance(name, str)):
+        raise _choice_error(f'{where} must be {{"type": "function", "function": {{"name": NAME}}}}')
+    return name
+
+
+def grammar_choice(tool_choice: Any, offered: list[str] | None, catalogue: Catalogue) -> GrammarChoice:
+    """`tool_choice` against the tools a request offers (`offered`; None: the whole catalogue)."""
+    if tool_choice is None or tool_choice == "auto":
+        return GrammarChoice(offered, no_tool=True)
+    if tool_choice == "none":
+        return GrammarChoice([], no_tool=True)
+    if tool_choice == "required":
+        return GrammarChoice(offered, no_tool=False)
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
+        allowed = tool_choice.get("allowed_tools")
+        mode = allowed.get("mode") if isinstance(allowed, dict) else None
+        entries = allowed.get("tools") if isinstance(allowed, dict) else None
+        if mode not in ("auto", "required") or not isinstance(entries, list) or not entries:
+            raise _choice_error(
+                'tool_choice.allowed_tools must be {"mode": "auto"|"required", "tools": [...]} '
+                "with at least one tool"
+            )
+        names = [_named(entry, f"tool_choice.allowed_tools.tools[{i}]") for i, entry in enumerate(entries)]
+        return GrammarChoice(_offered(names, offered, catalogue), no_tool=mode == "auto")
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        name = _named(tool_choice, "tool_choice")
+        return GrammarChoice(_offered([name], offered, catalogue), no_tool=False)
+    shown = json.dumps(tool_choice)[:80] if isinstance(tool_choice, str | dict | list) else repr(tool_choice)
+    raise _choice_error(f"tool_choice {shown} is not one of {TOOL_CHOICE_FORMS}")
+
+
+def _offered(names: list[str], offered: list[str] | None, catalogue: Catalogue) -> list[str]:
+    """`names` if each is a tool this request offers; a 400 naming those that are not."""
+    if unknown := [n for n in names if n not in catalogue.names]:
+        raise _choice_error(
+            f"tool_choice names a tool not in the router's catalogue: {', '.join(n[:64] for n in unknown)}",
+            "unknown_tool",
+        )
+    if offered is not None and (missing := [n for n in names if n not in offered]):
+        raise _choice_error(
+            f"tool_choice names a tool not among the request's tools: {', '.join(missing)}", "unknown_tool"
+        )
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Reply:
+    """A completion and how to send it: as one JSON object, or streamed (`streaming.py`).
+
+    `content`, when set, is streamed in place of the message's content, piece by piece (an
+    answer generated while it is sent); `cancelled` is set by the transport when the client
+    leaves mid-stream, so such a producer can stop.
+    """
+
+    completion: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    content: Iterable[str] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def parse_body(raw: bytes) -> Any:
@@ -276,29 +384,28 @@ class ChatService:
             )
         return names
 
-    def complete_body(self, raw: bytes, cancelled: threading.Event | None = None) -> dict[str, Any]:
+    def complete_body(self, raw: bytes, cancelled: threading.Event | None = None) -> Reply:
         """`complete` for a raw request body."""
         return self.complete(parse_body(raw), cancelled)
 
-    def complete(self, body: Any, cancelled: threading.Event | None = None) -> dict[str, Any]:
+    def complete(self, body: Any, cancelled: threading.Event | None = None) -> Reply:
         """A chat completion for a parsed request body; `cancelled` withdraws it while it waits."""
         try:
             request = ChatRequest.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
+            where = param or "the body"  # no location: the body itself is not a JSON object
             raise ApiError(
-                400, f"invalid request: {param}: {first['msg']}", "invalid_request", param
+                400, f"invalid request: {where}: {first['msg']}", "invalid_request", param
             ) from None
-        if request.stream:
+        if request.stream_options is not None and not request.stream:
             raise ApiError(
-                400, "streaming is not supported: a route is one short JSON call", "unsupported", "stream"
+                400, "stream_options is only allowed with stream: true", "invalid_request", "stream_options"
             )
         if request.n not in (None, 1):
             raise ApiError(400, "n must be 1: a router gives one answer", "unsupported", "n")
-        if request.tool_choice not in (None, "auto"):
-            raise ApiError(400, "only tool_choice 'auto' is supported", "unsupported", "tool_choice")
-        tools = self._tools(request.tools)
+        choice = grammar_choice(request.tool_choice, self._tools(request.tools), self.router.catalogue)
         last = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
         if last is None:
             raise ApiError(400, "messages has no user message to route", "no_user_message", "messages")
@@ -308,7 +415,9 @@ class ChatService:
             timeout_s=self.settings.queue_timeout_s, max_waiting=self.settings.max_queue, cancelled=cancelled
         )
         try:
-            result = self.router.route(request.messages[last].text(), history, tools=tools, wait=wait)
+            result = self.router.route(
+                request.messages[last].text(), history, tools=choice.tools, no_tool=choice.no_tool, wait=wait
+            )
         except RequestTooLongError as exc:
             raise ApiError(400, str(exc), "context_length_exceeded", "messages") from None
         except RouteInputError as exc:
@@ -322,11 +431,15 @@ class ChatService:
             ) from None
         except WaitCancelledError as exc:
             raise ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request") from None
-        return self._completion(result)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        completion = self._completion(result, call_required=choice.call_required)
+        return Reply(completion, stream=bool(request.stream), include_usage=include_usage)
 
-    def _completion(self, result: RouteResult) -> dict[str, Any]:
+    def _completion(self, result: RouteResult, call_required: bool = False) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": None}
-        if result.kind == "call" and result.call is not None:
+        # A held-back (low-confidence) call is sent when the client ruled out "no call".
+        sent = result.kind == "call" or (call_required and result.kind == "low_confidence")
+        if sent and result.call is not None:
             call = result.call
             arguments = canonical_arguments(call)
             message["tool_calls"] = [
@@ -355,6 +468,10 @@ class ChatService:
                 "kind": result.kind,
                 "confidence": result.confidence,
                 "runner_up": None if result.runner_up is None else result.runner_up.model_dump(),
+                "held_back_by": result.held_back_by,  # which rule held a low_confidence call back
+                "call_logprob": result.call_logprob,
+                "min_token_logprob": result.min_token_logprob,
+                "no_span": result.no_span,
                 "raw": result.raw,
                 "latency_ms": result.latency_ms,
             },

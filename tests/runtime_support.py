@@ -10,7 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from toolroute.grammars import Catalogue, GrammarOptions, load_catalogue, render_system_prompt
+from toolroute.grammars import (
+    Catalogue,
+    CopiedArgument,
+    GrammarOptions,
+    load_catalogue,
+    render_system_prompt,
+)
 from toolroute.runtime.base_models import packaged_gguf
 from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.router_file import RouterMetadata
@@ -25,6 +31,7 @@ def router_metadata(
     options: GrammarOptions = TEST_OPTIONS,
     mode: str = "compact",
     min_confidence: float | None = None,
+    copied: tuple[CopiedArgument, ...] = (),
 ) -> RouterMetadata:
     catalogue = catalogue or load_catalogue(CUSTOMER_SUPPORT_TOOLS)
     template = ChatTemplate.from_gguf(packaged_gguf())
@@ -38,6 +45,7 @@ def router_metadata(
         manifest_sha256="0" * 64,
         options=options,
         min_confidence=min_confidence,
+        copied=copied,
     )
 
 

@@ -25,6 +25,7 @@ from toolroute.runtime.chat_template import FALLBACK_TEMPLATES, ChatTemplate, Ch
 from toolroute.runtime.results import RouteInputError
 from toolroute.runtime.router import Router
 from toolroute.runtime.router_file import (
+    FORMAT_VERSION,
     MAX_CATALOGUE,
     MAX_CHAT_TEMPLATE,
     MAX_GRAMMAR,
@@ -195,11 +196,12 @@ def test_oversized_metadata_is_refused_naming_each_field(tmp_path_factory):
 
 def test_metadata_of_today_and_older_versions_loads_and_newer_is_refused(tmp_path_factory):
     today = read_router_file(runtime_support.tiny_router_file(tmp_path_factory))
-    assert today.metadata.format_version == 1 and today.catalogue.names[0] == "track_order"
+    assert today.metadata.format_version == FORMAT_VERSION and today.catalogue.names[0] == "track_order"
     kv = {key: value for key, value in today.kv.items() if key != "toolroute.format_version"}
-    assert RouterMetadata.from_kv(kv).format_version == 1  # a file written before the field existed
-    with pytest.raises(RouterFileError, match="router format 2 is newer than this toolroute"):
-        RouterMetadata.from_kv({**kv, "toolroute.format_version": "2", "toolroute.later_field": "x"})
+    assert RouterMetadata.from_kv(kv).format_version == FORMAT_VERSION  # written before the field existed
+    newer = str(FORMAT_VERSION + 1)
+    with pytest.raises(RouterFileError, match=f"router format {newer} is newer than this toolroute"):
+        RouterMetadata.from_kv({**kv, "toolroute.format_version": newer, "toolroute.later_field": "x"})
     with pytest.raises(RouterFileError, match="is not a version number"):
         RouterMetadata.from_kv({**kv, "toolroute.format_version": "9" * 5000})
 

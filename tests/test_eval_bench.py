@@ -72,13 +72,28 @@ def test_eval_cli_on_a_gguf_writes_reports_and_picks_a_threshold(tiny_copy, caps
     for heading in ("the four numbers", "Confusion matrix", "Per-argument accuracy", "worst errors"):
         assert heading in markdown
     assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
-    threshold = document["threshold"]["threshold"]
-    assert threshold is not None and document["threshold"]["written_to"] == str(tiny_copy)
+    rule = document["call_threshold"]["rule"]
+    assert rule is not None and document["written_to"] == str(tiny_copy)
+    scores = {"name_probability", "call_logprob", "min_token_logprob"}
+    assert set(document["risk_coverage_by_score"]) == scores
     with Router.load(tiny_copy, n_threads=1) as router:
-        assert router.min_confidence == pytest.approx(threshold, abs=1e-6)
+        if rule["score"] == "name_probability":  # where format 1 kept it
+            assert router.min_confidence == pytest.approx(rule["value"], abs=1e-6)
+            assert router.call_threshold is None
+        else:
+            assert router.call_threshold.model_dump() == rule and router.min_confidence is None
+        assert router.metadata.format_version == 2
     sidecar = tiny_copy.with_name("router.gguf.sha256").read_text().split()[0]
     assert sidecar == hashlib.sha256(tiny_copy.read_bytes()).hexdigest()
     assert "tool-name accuracy" in capsys.readouterr().out
+    # Reported on other rows: the file's rules applied, beside the numbers without them.
+    other = tiny_copy.with_name("other")
+    assert main(["eval", "--model", str(tiny_copy), "--data", str(EVAL), "--limit", "9", "--out", str(other),
+                 "--threads", "1"]) == 0  # fmt: skip
+    reported = json.loads((other / "eval.json").read_text())
+    with_rules, without = reported["with_stored_rules"], reported["without_rules"]
+    assert reported["stored_rules"] and with_rules["coverage"] <= without["coverage"]
+    assert "with the file's rules" in (other / "eval.md").read_text()
 
 
 def test_eval_cli_unconstrained_gguf_parses_free_text(tiny_copy, tmp_path):
@@ -122,13 +137,15 @@ def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
     labels = [row.label for row in results.rows]
     assert labels[:2] == ["F16", "Q8_0"] and labels[2].startswith("untuned base")
     assert labels[3].startswith("router without prefix cache") and labels[4].startswith("naive")
+    assert labels[5].startswith("classical") and results.rows[5].measurement.runner == "classical"
+    assert results.recommended_level in ("f16", "q8_0")
     for row in results.rows:
         assert row.measurement is not None, row.error
         m = row.measurement
         assert m.requests == 2 and m.load_s > 0 and m.peak_rss_mb > 0 and m.latency_ms_p50 is not None
     assert results.rows[0].measurement.size_bytes > results.rows[1].measurement.size_bytes
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert saved["format"] == "toolroute-bench/1" and len(saved["rows"]) == 5
+    assert saved["format"] == "toolroute-bench/1" and len(saved["rows"]) == 6
     no_cache = results.rows[3].measurement.report.prompt_tokens_mean
     assert no_cache == results.rows[1].measurement.report.prompt_tokens_mean
     assert "| F16 |" in (tmp_path / "bench" / "RESULTS.md").read_text()

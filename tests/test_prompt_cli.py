@@ -143,7 +143,7 @@ def test_help_lists_only_working_commands():
     listed = [line.split()[0] for line in result.stdout.splitlines() if re.match(r"    \S", line)]
     assert listed == [
         "grammar", "prompt", "schema", "data", "train", "route", "serve", "export", "inspect", "eval",
-        "bench", "bench-modes",
+        "bench", "bench-modes", "bench-classical",
     ]  # fmt: skip
     for command in listed:  # each one parses its own arguments: it is wired to a handler
         sub = subprocess.run(

@@ -53,6 +53,18 @@ class TrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
     runs_dir: Path = Field(Path("runs"), description="where runs go")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
+    copy_share: float = Field(
+        0.95, gt=0, le=1, description="a string argument is copied when this share of its values are spans"
+    )
+    copy_arguments: list[str] | None = Field(
+        None, description="force copied arguments: tool.argument=on|off,... (over inference and marks)"
+    )
+    fast_steps: bool = Field(
+        True, description="LM head and loss at the completion tokens only: the stock loss, less work"
+    )
+    shared_prefix: bool = Field(
+        True, description="with fast steps: the system turn all rows share, run once per batch"
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

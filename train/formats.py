@@ -81,7 +81,6 @@ def read_examples(
     return result
 
 
-
 class InvalidDataError(ValueError):
     """A data file with invalid rows, or none at all, where only valid examples will do."""
 
@@ -101,6 +100,7 @@ def read_valid_examples(
     if not result.examples:
         raise InvalidDataError(f"{path}: no examples")
     return result
+
 
 def _schema_errors(exc: ValidationError) -> str:
     return "; ".join(

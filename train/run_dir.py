@@ -17,6 +17,7 @@ from toolroute.grammars import Catalogue
 from toolroute.runtime.files import atomic_write_text
 
 from .bases import BaseIdentity
+from .copied import CopyDecision
 
 MANIFEST_FORMAT = "toolroute-run/1"
 
@@ -40,6 +41,8 @@ class RunManifest(BaseModel):
     system_prompt: str
     chat_template: str
     completion_suffix: str
+    # Every string argument, copied or not and why (absent in manifests written before: none copied).
+    copied_arguments: list[CopyDecision] = []
     data: dict[str, DataIdentity]
     config: dict[str, Any]
     metrics: dict[str, float | int | None]

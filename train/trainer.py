@@ -1,5 +1,9 @@
 """LoRA SFT of a base model into a router: TRL's SFTTrainer + PEFT, completion-only loss.
 
+The step is `FastStepSFTTrainer`'s (`fast_steps`, the default): the stock loss, with the LM head at
+the completion tokens only and the shared system turn run once per batch; `fast_steps = false`
+gives TRL's own step.
+
 CUDA when present (bf16), else the CPU (fp32). Runs under `accelerate launch -m toolroute train`
 unchanged: the Trainer does the distribution. Output: `runs/NAME/` (see `run_dir.py`).
 """
@@ -20,7 +24,9 @@ from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.resources import peak_rss_mb
 
 from .bases import Base, file_sha256
+from .checkpoints import last_complete_checkpoint
 from .config import TrainConfig
+from .copied import decide_copied, describe, parse_overrides
 from .examples import Example
 from .formats import read_valid_examples
 from .run_dir import DataIdentity, RunDir, RunManifest
@@ -144,6 +150,29 @@ def _sft_config(config: TrainConfig, run: RunDir, cuda: bool, evaluate: bool) ->
     )
 
 
+def make_trainer(
+    config: TrainConfig, model: Any, tokenizer: Any, args: Any, train_dataset: Any,
+    eval_dataset: Any = None, callbacks: Sequence[Any] = (),
+) -> Any:  # fmt: skip
+    """The SFT trainer of a config: the fast step (same loss, less work) unless `fast_steps` is off."""
+    from trl import SFTTrainer
+
+    from .fast_trainer import FastStepSFTTrainer
+
+    common = dict(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(config, model),
+        callbacks=list(callbacks),
+    )
+    if config.fast_steps:
+        return FastStepSFTTrainer(**common, share_prefix=config.shared_prefix)
+    return SFTTrainer(**common)
+
+
 def _loss_logger(losses: list[dict[str, Any]]) -> Any:
     from transformers import TrainerCallback
 
@@ -166,13 +195,17 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     """Train a run; returns its manifest (None on the non-main processes of a distributed run)."""
     import torch
     from transformers import set_seed
-    from trl import SFTTrainer
 
     started = time.perf_counter()
     run = RunDir(config.run_dir)
     _check_resumable(run, config, resume)
     train_examples, catalogue = _read(config.data, load_catalogue(config.tools) if config.tools else None)
     eval_examples = _read(config.eval, catalogue)[0] if config.eval else []
+    # On the rows as given, before any augmentation; a bad --copy-arguments fails before the run starts.
+    copy_decisions = decide_copied(
+        train_examples, catalogue, config.copy_share, parse_overrides(config.copy_arguments, catalogue)
+    )
+    print("\n".join(["copied arguments:", *describe(copy_decisions)]))
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not cuda:
         raise TrainingError("--device cuda, but torch sees no CUDA device")
@@ -196,17 +229,18 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     model = base.load_model(torch.bfloat16 if cuda else torch.float32)
     losses: list[dict[str, Any]] = []
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, run, cuda, evaluate),
-        train_dataset=splits[0].dataset(),
-        eval_dataset=splits[1].dataset() if evaluate else None,
-        processing_class=tokenizer,
-        peft_config=_lora_config(config, model),
+    trainer = make_trainer(
+        config,
+        model,
+        tokenizer,
+        _sft_config(config, run, cuda, evaluate),
+        splits[0].dataset(),
+        splits[1].dataset() if evaluate else None,
         callbacks=[_loss_logger(losses), *callbacks],
     )
-    has_checkpoint = run.checkpoints.is_dir() and any(run.checkpoints.glob("checkpoint-*"))
-    result = trainer.train(resume_from_checkpoint=True if resume and has_checkpoint else None)
+    # The newest checkpoint written in full: one torn by a kill mid-write is skipped.
+    checkpoint = last_complete_checkpoint(run.checkpoints) if resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     eval_loss = None
     if evaluate:
         # The epoch-end evaluation usually ran at the last step already (minutes on a CPU for a
@@ -236,6 +270,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         system_prompt=prompt.system_prompt,
         chat_template=template.template,
         completion_suffix=template.completion_suffix(),
+        copied_arguments=copy_decisions,
         data={split.name: split.identity() for split in splits},
         config=config.model_dump(mode="json"),
         metrics={

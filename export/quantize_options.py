@@ -1,0 +1,29 @@
+"""How an export quantizes, as options: light (pydantic only) so that the CLI can show them.
+
+The defaults were chosen from measurements on the customer-support router (BENCHMARKS.md,
+"Quantization"): a token embedding kept at Q8_0 and an importance matrix from 64 training rows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+EmbeddingType = Literal["q8_0", "f16", "level"]
+# "level": llama.cpp's own choice per level (what export did before these options existed).
+EMBEDDING_TYPE_NAMES: tuple[str, ...] = ("q8_0", "f16", "level")
+DEFAULT_EMBEDDING_TYPE: EmbeddingType = "q8_0"
+DEFAULT_IMATRIX_ROWS = 64
+
+
+class QuantizeOptions(BaseModel):
+    """How every quantized level of an export is made (the F16 file is the converter's, untouched)."""
+
+    token_embedding: EmbeddingType = DEFAULT_EMBEDDING_TYPE
+    imatrix_rows: int = Field(default=DEFAULT_IMATRIX_ROWS, ge=0)  # training rows; 0: no imatrix
+
+    @classmethod
+    def plain(cls) -> QuantizeOptions:
+        """llama.cpp's defaults: no importance matrix, the embedding type left to the level."""
+        return cls(token_embedding="level", imatrix_rows=0)

@@ -1,0 +1,234 @@
+"""The copy rule and the call score in the runtime, on the real vocabulary (the tiny random model).
+
+The tiny model's choices are noise, so grammar- and rule-constrained greedy decoding over it is
+a random walk through what the two allow: if any token outside a span were allowed, values that
+are not spans would come out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import runtime_support
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolroute.grammars import NO_TOOL, Catalogue, CopiedArgument, GrammarOptions, is_span
+from toolroute.runtime import decoding
+from toolroute.runtime import router as router_module
+from toolroute.runtime.copying import CopyTracker, RequestText
+from toolroute.runtime.decoding import Matcher, allowed_tokens
+from toolroute.runtime.grammar_engine import Utf8Tracker
+from toolroute.runtime.router import Router
+from toolroute.runtime.router_file import RouterFileError, read_router_file, validate_router_kv
+from toolroute.runtime.service import ChatService
+from toolroute.runtime.thresholds import CallThreshold, NoToolThreshold
+
+COPIED = tuple(
+    CopiedArgument(tool=tool, argument="order_id", source=source, share=share, values=values)
+    for tool, source, share, values in [
+        ("track_order", "declared", None, None),
+        ("request_refund", "inferred", 0.97, 120),
+        ("escalate", "config", None, None),
+    ]
+)
+OPTIONS = GrammarOptions(max_string_length=12, max_reason_length=6, max_array_items=2)
+ALPHABET = 'aZ09 -#"\\\n\té中😀🎉/'
+REQUESTS = st.text(alphabet=ALPHABET, min_size=1, max_size=30).filter(lambda t: t.strip())
+
+# A catalogue whose copied arguments a request may have no span for.
+PICKY = Catalogue.from_openai(
+    [
+        {
+            "name": "lookup",
+            "description": "Look up a product code.",
+            "parameters": {
+                "type": "object",
+                "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{3}$"}},
+                "required": ["code"],
+            },
+        },
+        {
+            "name": "note",
+            "description": "Save a long note.",
+            "parameters": {
+                "type": "object",
+                "properties": {"text": {"type": "string", "minLength": 40, "maxLength": 60}},
+                "required": ["text"],
+            },
+        },
+    ]
+)
+PICKY_COPIED = (
+    CopiedArgument(tool="lookup", argument="code", source="declared"),
+    CopiedArgument(tool="note", argument="text", source="declared"),
+)
+
+
+@pytest.fixture(scope="module")
+def copy_file(tmp_path_factory):
+    return runtime_support.tiny_router_file(
+        tmp_path_factory,
+        "tiny-copied.gguf",
+        **runtime_support.router_metadata(options=OPTIONS, copied=COPIED).model_dump(),
+    )
+
+
+@pytest.fixture(scope="module")
+def router(copy_file) -> Iterator[Router]:
+    with Router.load(copy_file, n_threads=1) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def picky(tmp_path_factory) -> Iterator[Router]:
+    options = GrammarOptions(max_string_length=64, max_reason_length=6)
+    metadata = runtime_support.router_metadata(PICKY, options=options, copied=PICKY_COPIED)
+    path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-picky.gguf", **metadata.model_dump())
+    with Router.load(path, n_threads=1) as loaded:
+        yield loaded
+
+
+def _copied_values(result) -> list[str]:
+    if result.call is None:
+        return []
+    return [result.call.arguments["order_id"]] if "order_id" in result.call.arguments else []
+
+
+@settings(max_examples=25, deadline=None)
+@given(REQUESTS)
+def test_every_copied_value_the_router_writes_is_a_span_of_the_request(router, request):
+    result = router.route(request)
+    assert result.kind != "invalid", result.error
+    for value in _copied_values(result):
+        assert is_span(value, request.strip()), (value, request)
+
+
+def test_without_the_copy_rule_values_are_not_spans(copy_file, router):
+    requests = ["where is my order", "refund please", "I want a person", "order 1234 is late", "hello"]
+    with Router.load(copy_file, n_threads=1, copy_rule=False) as plain:
+        assert plain.copy_rule.limits == {} and router.copy_rule.limits
+        free = [value for text in requests for value in _copied_values(plain.route(text))]
+    assert free and any(not is_span(value, text) for value in free for text in requests)
+
+
+def _walk(router: Router, request: str, text: str) -> None:
+    """Feed `text`, spelled by the tokenizer, through the grammar and the copy rule."""
+    vocabulary = router.vocabulary
+    grammar = router._grammar(None)
+    matcher = Matcher(vocabulary.llama, grammar.gbnf)
+    tracker = CopyTracker(RequestText(request), router.copy_rule.limits)
+    utf8 = Utf8Tracker()
+    try:
+        for token in vocabulary.spell(text.encode("utf-8")):
+            piece = vocabulary.pieces[token]
+            if tracker.inside:
+                assert token in set(tracker.candidates(vocabulary.trie).tolist()), piece
+            assert matcher.allows(token) and utf8.extends(piece) and tracker.allows(piece), piece
+            matcher.accept(token)
+            utf8.push(piece)
+            assert tracker.push(piece)
+        assert not tracker.inside
+    finally:
+        matcher.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(REQUESTS, st.data())
+def test_every_span_is_reachable_in_the_tokenizers_own_spelling(router, request, data):
+    request = request.strip()
+    solid = [i for i, c in enumerate(request) if not c.isspace()]
+    start = data.draw(st.sampled_from(solid))
+    end = data.draw(st.sampled_from([i + 1 for i in solid if start < i + 1 <= start + 12]))
+    value = request[start:end]
+    call = {"tool": "track_order", "arguments": {"order_id": value}}
+    _walk(router, request, json.dumps(call, ensure_ascii=False, separators=(",", ":")))
+
+
+@pytest.mark.parametrize(
+    ("tool", "request_text", "argument"),
+    [("lookup", "hello there", "lookup.code"), ("note", "a short note", "note.text")],
+)
+def test_a_required_copied_argument_with_no_span_still_routes(picky, tool, request_text, argument):
+    started = time.perf_counter()
+    narrowed = picky.route(request_text, tools=[tool])
+    assert narrowed.kind == "no_tool" and narrowed.no_span == [argument]
+    required = picky.route(request_text, tools=[tool], no_tool=False)
+    assert required.kind == "invalid" and "no span of the request fits" in (required.error or "")
+    anything = picky.route(request_text)
+    assert anything.kind in ("no_tool", "call", "low_confidence")
+    assert time.perf_counter() - started < 30  # not a hang (each route is well under a second)
+
+
+def test_a_span_that_fits_the_pattern_is_copied(picky):
+    result = picky.route("is ABC-123 in stock", tools=["lookup"], no_tool=False)
+    assert result.kind == "call" and result.call.arguments == {"code": "ABC-123"}
+
+
+def test_copied_arguments_in_the_file_are_checked_and_the_plain_schema_still_loads(copy_file, router):
+    router_file = read_router_file(copy_file)
+    assert router_file.metadata.copied(router_file.catalogue) == COPIED
+    kv = dict(router_file.kv)
+    for entry, message in [
+        ({"tool": "escalate", "argument": "nope", "source": "declared"}, "tool 'escalate', field 'nope'"),
+        ({"tool": "nope", "argument": "x", "source": "declared"}, "no tool 'nope'"),
+    ]:
+        with pytest.raises(RouterFileError, match=message):
+            validate_router_kv({**kv, "toolroute.copied_arguments": json.dumps([entry])}, "crafted")
+    # The schema keyword is accepted wherever tools are compared, and changes nothing.
+    marked = copy.deepcopy(router.catalogue.to_openai())
+    marked[0]["function"]["parameters"]["properties"]["order_id"]["x-toolroute-copy"] = True
+    with Router.load(copy_file, n_threads=1, tools=marked) as again:
+        assert again.catalogue == router.catalogue and again.copy_rule.limits == router.copy_rule.limits
+    service = ChatService(router, "m")
+    body = {"model": "m", "messages": [{"role": "user", "content": "where is 12"}], "tools": marked[:1]}
+    service.complete(body)  # no ApiError: the keyword does not make the tool differ
+
+
+def _brute_logprob(matcher, utf8, vocabulary, logits, token, next_bytes=None, may_end=True, copy=None):
+    """The definition, computed the slow way: softmax over every token allowed in the vocabulary."""
+    ids, values = allowed_tokens(matcher, utf8, vocabulary, logits, vocabulary.all_ids, copy)
+    assert token in set(ids.tolist())
+    return float(logits[token]) - float(np.logaddexp.reduce(values.astype(np.float64)))
+
+
+def test_the_call_score_is_the_constrained_log_probability_whatever_a_step_inspects(router, monkeypatch):
+    requests = ["where is order 77", "refund #12 it broke", "get me a human", "hi"]
+    fast = [router.route(text) for text in requests]
+    monkeypatch.setattr(decoding, "TOP_K", (1, 2))  # the tiers a step masks first
+    monkeypatch.setattr(router_module, "chosen_logprob", _brute_logprob)
+    slow = [router.route(text) for text in requests]
+    scored = 0
+    for a, b in zip(fast, slow, strict=True):
+        assert a.raw == b.raw and a.scored_tokens == b.scored_tokens
+        if a.kind in ("call", "low_confidence"):
+            scored += 1
+            assert a.scored_tokens > 0 and a.scored_tokens < a.completion_tokens  # forced tokens excluded
+            assert math.isclose(a.call_logprob, b.call_logprob, abs_tol=1e-4 * a.scored_tokens)
+            assert math.isclose(a.min_token_logprob, b.min_token_logprob, abs_tol=1e-4)
+            assert a.min_token_logprob <= 0 and a.call_logprob <= a.min_token_logprob
+        else:
+            assert a.call_logprob is None
+    assert scored
+
+
+def test_stored_rules_hold_calls_back_and_say_which(copy_file):
+    texts = ["where is order 77", "refund #12 it broke", "get me a human"]
+    never = CallThreshold(score="call_logprob", value=1.0)  # log-probabilities are never above 0
+    with Router.load(copy_file, n_threads=1, call_threshold=never) as r:
+        results = [r.route(text) for text in texts]
+    calls = [res for res in results if res.call is not None]
+    assert calls and all(res.kind == "low_confidence" and res.held_back_by == "call_score" for res in calls)
+    assert "call_logprob" in (calls[0].error or "")
+    rule = NoToolThreshold(score="no_tool_probability", value=0.0)
+    with Router.load(copy_file, n_threads=1, no_tool_threshold=rule) as r:
+        results = [r.route(text) for text in texts]
+    calls = [res for res in results if res.call is not None]
+    assert calls and all(res.held_back_by == "no_tool" and "abstained" in (res.error or "") for res in calls)
+    assert all(NO_TOOL in res.probabilities for res in results)
