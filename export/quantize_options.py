@@ -1,7 +1,8 @@
 """How an export quantizes, as options: light (pydantic only) so that the CLI can show them.
 
-The defaults were chosen from measurements on the customer-support router (BENCHMARKS.md,
-"Quantization"): a token embedding kept at Q8_0 and an importance matrix from 64 training rows.
+The defaults: the token embedding (SmolLM2's output head is tied to it) kept at Q8_0, and an
+importance matrix from 64 training rows. Their effect on a trained router's accuracy per level is
+still to be measured (issue #14); `QuantizeOptions.plain()` gives llama.cpp's own choices.
 """
 
 from __future__ import annotations
