@@ -251,7 +251,8 @@ def soak(
 
 def levels_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| clients | requests | 200 | 503 (queue full) | other errors | req/s (200s) | p50 ms | p99 ms |",
+        "| clients | requests | 200 | 503 (queue full or wait too long) | other errors | req/s (200s) "
+        "| p50 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -266,10 +267,11 @@ def levels_table(rows: list[dict[str, Any]]) -> str:
 def soak_table(row: dict[str, Any]) -> str:
     return "\n".join(
         [
-            "| requests | clients | 200 | errors | req/s | RSS after warm-up / end / peak "
+            "| requests | clients | 200 | 503 | other errors | req/s | RSS after warm-up / end / peak "
             "| heap (RssAnon) after warm-up / end / peak | heap growth after warm-up |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {row['requests']} | {row['clients']} | {row['ok']} | {sum(row['errors'].values())} "
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {row['requests']} | {row['clients']} | {row['ok']} | {row['overloaded_503']} "
+            f"| {sum(row['errors'].values())} "
             f"| {row['throughput_rps']} | {row['rss_after_warmup_mb']} / {row['rss_end_mb']} / "
             f"{row['rss_peak_mb']} MB | {row['anon_after_warmup_mb']} / {row['anon_end_mb']} / "
             f"{row['anon_peak_mb']} MB | {row['anon_growth_after_warmup_mb']:+} MB |",
