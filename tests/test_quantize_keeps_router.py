@@ -148,3 +148,18 @@ def test_recommended_level_is_the_smallest_within_one_point_of_f16():
     rows[3] = _row("q4_k_m", 105, 0.91)  # better than F16 counts as within
     assert recommended_level(rows) == "q4_k_m"
     assert recommended_level(rows[1:]) is None  # no F16 row measured: nothing to compare against
+
+
+def test_export_and_bench_flags_make_the_options():
+    import argparse
+
+    from toolroute.cli.export import add_quantize_flags, quantize_options
+
+    parser = argparse.ArgumentParser()
+    add_quantize_flags(parser)
+    assert quantize_options(parser.parse_args([])) == QuantizeOptions(token_embedding="q8_0", imatrix_rows=64)
+    assert quantize_options(parser.parse_args(["--plain-quant"])) == QuantizeOptions.plain()
+    chosen = parser.parse_args(["--token-embedding", "f16", "--imatrix-rows", "0"])
+    assert quantize_options(chosen) == QuantizeOptions(token_embedding="f16", imatrix_rows=0)
+    with pytest.raises(ValueError, match="--imatrix-rows must be 0 or more"):
+        quantize_options(parser.parse_args(["--imatrix-rows", "-1"]))
