@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from support import ROOT
 
+from support import ROOT
 from toolroute.bench.quant_fidelity import VARIANTS, compare, main
 
 pytest.importorskip("torch")
