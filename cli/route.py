@@ -22,6 +22,7 @@ def _load(args: argparse.Namespace) -> Any:
         min_confidence=args.min_confidence,
         n_threads=args.threads,
         n_ctx=args.n_ctx,
+        copy_rule=not args.no_copy_rule,
         **({"n_contexts": args.contexts} if hasattr(args, "contexts") else {}),
     )
 
@@ -102,6 +103,11 @@ def _add_router_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="CPU threads per context (default: half the cores)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    parser.add_argument(
+        "--no-copy-rule",
+        action="store_true",
+        help="decode with the grammar alone: copied arguments are not held to spans of the request",
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:

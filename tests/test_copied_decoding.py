@@ -232,3 +232,22 @@ def test_stored_rules_hold_calls_back_and_say_which(copy_file):
     calls = [res for res in results if res.call is not None]
     assert calls and all(res.held_back_by == "no_tool" and "abstained" in (res.error or "") for res in calls)
     assert all(NO_TOOL in res.probabilities for res in results)
+
+
+def test_route_command_turns_the_copy_rule_off_on_request(copy_file, router, capsys):
+    from toolroute.cli import main
+
+    text = "order 1234 is late"
+    with Router.load(copy_file, n_threads=1, copy_rule=False) as plain:
+        expected_plain = plain.route(text).model_dump(mode="json")
+    expected = router.route(text).model_dump(mode="json")
+    assert expected["raw"] != expected_plain["raw"]  # so the flag is seen to act
+    outputs = []
+    for flags in ([], ["--no-copy-rule"]):
+        assert main(["route", str(copy_file), text, "--threads", "1", *flags]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+
+    def timeless(result: dict) -> dict:
+        return {key: value for key, value in result.items() if key != "latency_ms"}
+
+    assert [timeless(o) for o in outputs] == [timeless(expected), timeless(expected_plain)]
