@@ -73,6 +73,7 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
     try:
         examples = _examples(args.data, router.catalogue, args.limit)
         report, predictions = evaluate_router(router, examples, unconstrained=args.unconstrained)
+        answers, note = _answers_gguf(router, examples)
         info = ModelInfo(
             path=str(model), kind="gguf", backend=BACKENDS["gguf"][args.unconstrained],
             constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
@@ -85,6 +86,7 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
             no_tool_threshold=router.metadata.no_tool_rule,
         )
         document = _document(args, info, report, examples, predictions, router.catalogue, stored)
+        document.answers, document.answers_note = answers, note
         return document, router
     except BaseException:
         router.close()
@@ -104,12 +106,34 @@ def evaluate_run_dir(args: argparse.Namespace, model: Path) -> EvalDocument:
     examples = _examples(args.data, catalogue, args.limit)  # bad data fails before loading
     router = HfRouter(model, copy_rule=not getattr(args, "no_copy_rule", False))
     report, predictions = evaluate_run(router, examples, unconstrained=args.unconstrained)
+    from .answer_eval import answer_run, followups
+
+    answers = answer_run(router, examples)
     info = ModelInfo(
         path=str(model), kind="run", backend=BACKENDS["run"][args.unconstrained],
         constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
         prompt_mode=router.manifest.prompt_mode,
     )  # fmt: skip
-    return _document(args, info, report, examples, predictions, router.catalogue)
+    document = _document(args, info, report, examples, predictions, router.catalogue)
+    if answers is None and followups(examples):
+        document.answers_note = _NOT_TRAINED.format(len(followups(examples)))
+    document.answers = answers
+    return document
+
+
+_NOT_TRAINED = "The data has {} follow-ups, but the model was trained without answers: not scored."
+
+
+def _answers_gguf(router: Any, examples: list[Any]) -> tuple[Any, str | None]:
+    """The answer step's scores on the data's follow-ups (None, and why not, when there are none to score)."""
+    from .answer_eval import answer_router, followups
+
+    rows = followups(examples)
+    if not rows:
+        return None, None
+    if not router.answers_trained:
+        return None, _NOT_TRAINED.format(len(rows))
+    return answer_router(router, examples), None
 
 
 def _document(
@@ -247,8 +271,20 @@ def _summary(document: EvalDocument, out: Path) -> str:
                 (label, f"dispatched {summary.coverage:.1%}, silent errors {summary.silent_error_rate:.1%}, "
                  f"false calls {false_calls}")
             )  # fmt: skip
+    if (answers := document.answers) is not None:
+        rows.append(
+            (f"answers ({answers.rows} follow-ups)",
+             f"faithful {_pct(answers.faithful_rate)}, coverage {_pct(answers.coverage_mean)}, "
+             f"ROUGE-L {answers.rouge_l_mean or 0:.3f}, p50 {answers.latency_ms_p50 or 0:.0f} ms")
+        )  # fmt: skip
+    elif document.answers_note:
+        rows.append(("answers", document.answers_note))
     width = max(len(name) for name, _ in rows)
     lines = [f"{document.model.path} on {document.data.path} ({document.data.examples} examples)"]
     lines += [f"  {name.ljust(width)}  {value}" for name, value in rows]
     lines.append(f"report: {out / 'eval.md'}, {out / 'eval.json'}")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"

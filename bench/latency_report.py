@@ -125,7 +125,7 @@ def request_counts(row: RequestBreakdown) -> dict[str, float]:
         "prompt_tokens": row.prompt_tokens or 0,
         "uncached_prompt_tokens": (row.prompt_tokens or 0) - (row.cached_tokens or 0),
         "prompt_batch_tokens": row.counters.get(f"{PROMPT}.tokens", 0),
-        "decode_steps": row.calls(DECODE, "Context.extend"),
+        "decode_steps": row.calls(DECODE, "Context.extend") + row.calls(DECODE, "Context.extend_rows"),
         "decode_tokens": row.counters.get(f"{DECODE}.tokens", 0),
         "masks": row.calls(MASKS, "Matcher.mask"),
         "picks": picks,

@@ -111,6 +111,8 @@ SEAMS: tuple[Seam, ...] = (
     Seam(_ROUTER, "Router", "prepare", PREPARE, claims=True),
     # Every llama_decode goes through Context.decode; extend adds the logits copy around it.
     Seam(_DECODING, "Context", "extend", MODEL_BATCH, claims=True),
+    # A batch carrying a drafted copied value (drafting.py): one decode step, several rows of logits.
+    Seam(_DECODING, "Context", "extend_rows", MODEL_BATCH, claims=True),
     Seam(_DECODING, "Context", "decode", MODEL_BATCH, claims=True, count=_batch_tokens),
     # Matcher inherits mask/accept/close from GrammarMatcher; they are patched on Matcher.
     Seam(_DECODING, "Matcher", "mask", MASKS),
@@ -134,8 +136,11 @@ SEAMS: tuple[Seam, ...] = (
 
 def required_categories(router: Any) -> set[str]:
     """The categories every run of this router must reach: forced bytes with the fast-forward on,
-    the call score when it is computed, the copy rule when the router has copied arguments."""
-    required = {PREPARE, PROMPT, DECODE, MASKS, PICK, CONFIDENCE}
+    the call score when it is computed, the copy rule when the router has copied arguments, and
+    decode steps unless no_tool answers stop at their name (`no_tool_reason=False`)."""
+    required = {PREPARE, PROMPT, MASKS, PICK, CONFIDENCE}
+    if router.no_tool_reason:  # without the reason, a no_tool needs no decode step
+        required.add(DECODE)
     if router.fast_forward:
         required.add(FORCED)
     if router.call_score:

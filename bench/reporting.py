@@ -17,6 +17,7 @@ from toolroute.grammars import NO_TOOL, Catalogue
 from toolroute.runtime.files import atomic_write_png
 from toolroute.runtime.thresholds import CallThreshold, NoToolThreshold
 
+from .answer_metrics import AnswerReport
 from .metrics import INVALID, EvalReport, Gold, Prediction, RiskPoint, outcome
 from .thresholds import CallChoice, NoToolChoice, RulesSummary
 
@@ -90,6 +91,9 @@ class EvalDocument(BaseModel):
     with_stored_rules: RulesSummary | None = None
     written_to: str | None = None  # where --pick-threshold wrote the picked rules
     errors: list[ErrorCase]  # every error, worst first
+    # The answer step (rows with a tool result and a gold reply), when the data and the model have it.
+    answers: AnswerReport | None = None
+    answers_note: str | None = None  # why the data's follow-ups were not scored
 
 
 def _gold_text(gold: Gold) -> str:
@@ -206,7 +210,43 @@ def markdown(document: EvalDocument) -> str:
             lines.append(f"\nWritten into `{choice.written_to}` as `toolroute.min_confidence`.")
     lines += ["", *_rules_section(document)]
     lines += ["", *_confusion_table(report), "", *_argument_table(report), "", *_worst_table(document)]
+    lines += _answers_section(document)
     return "\n".join(lines) + "\n"
+
+
+def _answers_section(document: EvalDocument) -> list[str]:
+    """The answer step: faithfulness, coverage, ROUGE-L, and every answer that invented a fact."""
+    answers = document.answers
+    if answers is None:
+        return ["", "## Answers", "", document.answers_note] if document.answers_note else []
+    lines = [
+        "",
+        "## Answers",
+        "",
+        "Replies to the data's tool outputs, answered from the gold call (bench/answer_metrics.py).",
+        "",
+        "| answers | |",
+        "|---|---:|",
+        f"| follow-ups answered | {answers.rows} |",
+        f"| faithful (no number, id or quoted value the tool output and request lack) | "
+        f"{_fmt(answers.faithful_rate, True)} ({answers.faithful}) |",
+        f"| coverage of the gold answer's ids and numbers (mean over {answers.coverage_rows}) | "
+        f"{_fmt(answers.coverage_mean, True)} |",
+        f"| ROUGE-L F1 against the gold answer (mean) | {_fmt(answers.rouge_l_mean)} |",
+        f"| answers cut at the token cap | {answers.cut_at_cap} |",
+        f"| answer latency p50 / p95 (ms) | {_ms(answers.latency_ms_p50)} / {_ms(answers.latency_ms_p95)} |",
+    ]
+    if answers.unfaithful:
+        lines += ["", "| invented | request | tool output | answer |", "|---|---|---|---|"]
+        for case in answers.unfaithful:
+            cells = [", ".join(case.invented), case.request, case.tool_output, case.answer]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return lines
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rules_section(document: EvalDocument) -> list[str]:

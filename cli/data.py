@@ -11,6 +11,7 @@ from toolroute.grammars import Catalogue, PromptMode, load_catalogue
 from toolroute.runtime.base_models import base_gguf
 from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.files import atomic_write_text
+from toolroute.train.augment import augment_examples, format_counts, router_line
 from toolroute.train.check import check_data, format_report
 from toolroute.train.formats import ReadResult, read_valid_examples
 from toolroute.train.hwu64 import format_report as format_hwu64_report
@@ -49,13 +50,40 @@ def _sft(args: argparse.Namespace) -> int:
     result = _read_valid(args)
     template = ChatTemplate.from_gguf(base_gguf(args.base))
     rows = sft_rows(result.examples, result.catalogue, router_prompt(result.catalogue, template, args.mode))
-    text = "".join(json.dumps(row.model_dump(), ensure_ascii=False) + "\n" for row in rows)
+    text = "".join(
+        json.dumps(row.model_dump(exclude_defaults=True), ensure_ascii=False) + "\n" for row in rows
+    )
     if args.output:
         atomic_write_text(args.output, text)
         print(f"{len(rows)} rows -> {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _augment(args: argparse.Namespace) -> int:
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
+    result = _read_valid(args)
+    catalogue = result.catalogue
+    assert catalogue is not None  # set from the rows when not given, and there are rows
+    held_out = read_valid_examples(args.eval, catalogue, args.union_tools).examples if args.eval else []
+    augmentation = augment_examples(result.examples, catalogue, args.per_row, args.cap, args.seed, held_out)
+    # The rows as written, then the new ones in the router format (with the catalogue when the
+    # input's rows carried their own `tools`, so the file reads back without --tools).
+    lines = [result.lines[example.source] for example in result.examples]
+    lines += [router_line(example, catalogue, args.tools is None) for example in augmentation.added]
+    atomic_write_text(args.out, "".join(line + "\n" for line in lines))
+    print(format_counts(augmentation.counts), file=sys.stderr)
+    print(json.dumps({"out": str(args.out), **augmentation.counts.model_dump()}, ensure_ascii=False))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _scenario_list(text: str) -> list[str]:
@@ -101,6 +129,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     sft.add_argument("--base", default="default", help="'default' or a .gguf whose chat template to use")
     sft.add_argument("-o", "--output", help="write JSONL here (atomically) instead of stdout")
     sft.set_defaults(handler=_sft)
+
+    augment = data_commands.add_parser(
+        "augment", help="more rows for small data: other training values swapped into span arguments"
+    )
+    _common(augment)
+    augment.add_argument("--out", required=True, help="the rows as given, then the new ones (JSONL)")
+    augment.add_argument(
+        "--per-row", type=_positive, default=2, help="new rows per source row at most (default 2)"
+    )
+    augment.add_argument("--cap", type=_positive, help="new rows in all at most (a seeded sample)")
+    augment.add_argument(
+        "--seed", type=int, default=13, help="the same seed gives the same rows (default 13)"
+    )
+    augment.add_argument("--eval", help="an eval file: no new request equals one of its requests")
+    augment.set_defaults(handler=_augment)
 
     hwu64 = data_commands.add_parser(
         "import-hwu64", help="turn HWU64 into tools.json + train/valid/test JSONL"

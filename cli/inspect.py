@@ -34,6 +34,8 @@ def _inspect(args: argparse.Namespace) -> int:
         "min_confidence": metadata.threshold,
         # Held to spans of the request at run time (not by stock llama.cpp, which has the GBNF only).
         "copied_arguments": {entry.key: entry.describe() for entry in metadata.copied(catalogue)},
+        # Answer-step rows trained (0: `respond` and the server refuse to answer a tool's output).
+        "answers": {"trained": metadata.trained_answers > 0, "rows": metadata.trained_answers},
         "call_threshold": None if metadata.call_rule is None else metadata.call_rule.model_dump(),
         "no_tool_threshold": None if metadata.no_tool_rule is None else metadata.no_tool_rule.model_dump(),
     }

@@ -2,7 +2,8 @@
 
 The flags are `TrainConfig`'s fields (and `--lora-*` for `LoraSettings`'), with their help and
 defaults read from the config classes: one place for both. A flag that is given overrides the
-config file; one that is not leaves the file's value (or the default).
+config file; one that is not leaves the file's value, else the recipe's (`train/recipe.py`: the
+plan printed before training says which values were chosen and which given).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from toolroute.cli import require_extra
 from toolroute.train.config import LoraSettings, TrainConfig
+from toolroute.train.recipe import RECIPE_FIELDS
 
 # Older, shorter spellings kept working.
 _ALIASES = {"learning_rate": ["--lr"]}
@@ -47,8 +49,10 @@ def _argument_type(annotation: Any) -> tuple[Any, list[str] | None]:
     return annotation, None
 
 
-def _help(field: FieldInfo) -> str:
+def _help(field: FieldInfo, key: str) -> str:
     text = field.description or ""
+    if key.replace("lora_", "lora.", 1) in RECIPE_FIELDS:
+        return text + " (default: the recipe's)"
     default = field.get_default(call_default_factory=True)
     if isinstance(default, enum.Enum):
         default = default.value
@@ -92,9 +96,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         flags = [flag, *_ALIASES.get(key, [])]
         kind, choices = _argument_type(field.annotation)
         if kind is bool:  # --x / --no-x; absent leaves the file's value
-            parser.add_argument(*flags, dest=key, action=argparse.BooleanOptionalAction, help=_help(field))
+            parser.add_argument(
+                *flags, dest=key, action=argparse.BooleanOptionalAction, help=_help(field, key)
+            )
         else:
-            parser.add_argument(*flags, dest=key, type=kind, choices=choices, help=_help(field))
+            parser.add_argument(*flags, dest=key, type=kind, choices=choices, help=_help(field, key))
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its checkpoint"
     )

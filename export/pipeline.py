@@ -75,6 +75,7 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
         manifest_sha256=manifest_sha256,
         options=options,
         copied=copied_arguments(manifest.copied_arguments),
+        answer_rows=manifest.answer_rows,
     )
 
 

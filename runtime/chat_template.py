@@ -183,5 +183,22 @@ class RouterPrompt(BaseModel):
         return self.chat_template.render_prompt(self.messages(request, history))
 
     def completion(self, canonical_call: str) -> str:
-        """The training target: the canonical call and the end-of-turn token."""
+        """The training target: the canonical call (or, for the answer step, the answer text)
+        and the end-of-turn token."""
         return canonical_call + self.chat_template.completion_suffix()
+
+    def answer_messages(
+        self, request: str, call: str, tool_output: str, history: Sequence[Turn] = ()
+    ) -> list[dict[str, Any]]:
+        """The answer step's conversation: the routed one, the router's call (its canonical
+        text, as history shows earlier calls) and the tool's output as a `tool` turn."""
+        return [
+            *self.messages(request, history),
+            {"role": "assistant", "content": call},
+            {"role": "tool", "content": tool_output},
+        ]
+
+    def render_answer(self, request: str, call: str, tool_output: str, history: Sequence[Turn] = ()) -> str:
+        """The prompt the answer to a tool's output is generated from: training's answer rows
+        and `Router.answer` both render it here, so they agree byte for byte."""
+        return self.chat_template.render_prompt(self.answer_messages(request, call, tool_output, history))

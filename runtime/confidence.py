@@ -18,6 +18,22 @@ each level of such tokens is one llama.cpp batch, one sequence per token, branch
 request's sequence in the unified KV cache. Tokens below `MIN_EXPANDED` probability, and beyond
 the `MAX_BRANCHES` most probable of a level, are not followed; the names' probabilities are
 normalised over what was followed (the mass left out is reported as `pruned`).
+
+With name pruning (`Router.load(name_pruning=True)`), the least probable ambiguous tokens of a
+level are not followed either, as long as all the mass so left out, over every level, stays
+within `NAME_MASS` times the mass already settled on names: the widest batches shrink to the
+tokens that matter (a trained router, with its mass on one name, follows a few), and every
+probability moves by at most `NAME_MASS` from what the scorer gives without pruning. (Proof: with
+D the mass left out and S' the mass that ends on names, each name's share moves by at most
+D / S', and D <= NAME_MASS * S' since the settled mass only grows.) That bound is in exact
+arithmetic. llama.cpp evaluates a branch's token with a
+different result when the batch around it holds other branches (other sequences, other KV
+cells): on the untuned 8-tool HWU64 router a 5-token branch's top logit moved by up to 0.2 with
+or without pruning's fewer branches, against a one-at-a-time evaluation, so the unpruned
+scorer's own values already carry that much arithmetic; with pruning the names' shares moved by
+up to 9e-4 with no_tool allowed and 8.8e-3 with a call required (12 requests). `NAME_TOLERANCE`
+(1e-2) is the stated tolerance the parity test holds the results to. The call score is not
+touched (it is read from the chosen tokens, not from here).
 """
 
 from __future__ import annotations
@@ -35,6 +51,8 @@ from .grammar_engine import Utf8Tracker
 DECISION = b'{"tool":"'
 MIN_EXPANDED = 1e-5  # ambiguous tokens less likely than this are not followed
 MAX_BRANCHES = 32  # ambiguous tokens followed per level (the most probable ones)
+NAME_MASS = 1e-3  # with name pruning: unfollowed mass, as a share of the mass settled on names
+NAME_TOLERANCE = 1e-2  # how far pruning may move a name's probability, rounding included (see above)
 # The call score's log-probabilities are exact to this many nats (see `chosen_logprob`).
 LOGPROB_TOLERANCE = 1e-4
 _BAND = 12.0  # nats of logits masked at a time below the chosen token's
@@ -108,9 +126,10 @@ class NameScores:
 class NameScorer:
     """Scores the candidate names at the decision point. Read-only once built (thread-safe)."""
 
-    def __init__(self, names: list[str], vocabulary: Vocabulary) -> None:
+    def __init__(self, names: list[str], vocabulary: Vocabulary, mass_budget: float = 0.0) -> None:
         self.names = names
         self.vocabulary = vocabulary
+        self.mass_budget = mass_budget
         self._closed = [(name, name.encode("utf-8") + b'"') for name in names]
         # Ambiguity cannot outlast the longest prefix two names share (plus the closing quote):
         # each level adds at least one byte, so that bounds the levels and the KV cells spent.
@@ -170,6 +189,7 @@ class NameScorer:
         root = _Branch(b"", root_logits, root_matcher, 1.0, base_seq, base_pos)
         level = [root]
         spare = list(free_seqs)
+        left_out = 0.0  # mass name pruning did not follow
         try:
             while level:
                 ambiguous: list[tuple[_Branch, int, float]] = []
@@ -186,6 +206,12 @@ class NameScorer:
                 keep = min(MAX_BRANCHES, len(spare))
                 scores.pruned += sum(p for _, _, p in ambiguous[keep:])
                 ambiguous = ambiguous[:keep]
+                budget = self.mass_budget * sum(totals.values()) - left_out
+                while ambiguous and ambiguous[-1][2] <= budget:  # the least probable, within budget
+                    dropped = ambiguous.pop()[2]
+                    budget -= dropped
+                    left_out += dropped
+                    scores.pruned += dropped
                 next_level = self._expand(context, ambiguous, spare, scores) if ambiguous else []
                 for branch in level:
                     self._release(context, branch, root, spare)

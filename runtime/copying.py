@@ -295,6 +295,19 @@ class CopyTracker:
         self.cursor = moved
         return True
 
+    def continuation(self) -> bytes:
+        """Inside a copied value that has begun: the request's escaped text after the earliest
+        position the value so far ends at, up to the field's length cap (what the value would
+        be if the model went on copying from there: the draft `drafting.py` proposes). Empty
+        at the opening quote, where nothing yet says which span the model will copy."""
+        cursor = self.cursor
+        if cursor is None or not cursor.written:
+            return b""
+        offset, start = next(iter(cursor.positions.items()))
+        text = self._text
+        end = text.offsets[min(text.n_chars, start + cursor.limits.max_chars)]
+        return text.text[offset:end]
+
     # -- the few tokens that may come next inside a copied value ---------------------------
 
     def candidates(self, trie: PieceTrie) -> np.ndarray:

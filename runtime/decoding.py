@@ -336,6 +336,16 @@ class Context:
                 logits = self.logits(len(chunk) - 1)
         return logits
 
+    def extend_rows(self, tokens: Sequence[int], seq: int, start: int, rows: int) -> list[np.ndarray]:
+        """Append tokens to one sequence in one batch (at most n_batch tokens, `rows` of them
+        last); the logits after each of the last `rows` tokens, in order. How a draft is verified."""
+        if not 0 < rows <= len(tokens) <= self.n_batch:
+            raise ValueError(f"extend_rows: {rows} rows of {len(tokens)} tokens (n_batch {self.n_batch})")
+        first = len(tokens) - rows
+        outputs = [index >= first for index in range(len(tokens))]
+        self.decode(tokens, range(start, start + len(tokens)), [(seq,)] * len(tokens), outputs)
+        return [self.logits(index) for index in range(first, len(tokens))]
+
     def logits(self, index: int) -> np.ndarray:
         """A copy of the logits of batch row `index` (the next decode overwrites them)."""
         pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)

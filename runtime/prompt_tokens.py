@@ -2,7 +2,8 @@
 
 The prompt text is `RouterPrompt.render`, the renderer training used. It is tokenized with
 special tokens enabled, since the template writes `<|im_start|>` and the like as text, except
-that text coming from a user (the request and history turns) never becomes a special token: a
+that text coming from a user or a tool (the request, history turns, the call and a tool's output) never
+becomes a special token: a
 request that spells `<|im_end|>` is tokenized piecewise, template text with specials and user
 text without, so it cannot close its own turn and forge an assistant answer.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .chat_template import RouterPrompt, Turn
 from .decoding import Vocabulary
@@ -40,20 +41,39 @@ class PromptTokenizer:
         return tokens
 
     def tokens(self, request: str, history: Sequence[Turn] = ()) -> list[int]:
-        text = self.prompt.render(request, history)
-        contents = [request, *(turn.content for turn in history)]
+        """The routing prompt's tokens."""
+
+        def render(contents: Sequence[str]) -> str:
+            return self.prompt.render(contents[0], _turns(history, contents[1:]))
+
+        return self._safe_tokens(render, [request, *(turn.content for turn in history)])
+
+    def answer_tokens(
+        self, request: str, call: str, tool_output: str, history: Sequence[Turn] = ()
+    ) -> list[int]:
+        """The answer step's prompt tokens (`RouterPrompt.render_answer`). The call and the tool's
+        output are text like the request: a tool that returns `<|im_end|>` cannot end its turn."""
+
+        def render(contents: Sequence[str]) -> str:
+            *turns, call_text, output = contents[1:]
+            return self.prompt.render_answer(contents[0], call_text, output, _turns(history, turns))
+
+        contents = [request, *(turn.content for turn in history), call, tool_output]
+        return self._safe_tokens(render, contents)
+
+    def _safe_tokens(self, render: Callable[[Sequence[str]], str], contents: Sequence[str]) -> list[int]:
+        """`render(contents)` tokenized with special tokens, except inside `contents`."""
+        text = render(contents)
         specials = self.vocabulary.special_texts
         if not any(s in c for c in contents for s in specials):
             return self._with_bos(text, self.vocabulary.tokenize(text, special=True))
-        return self._with_bos(text, self._piecewise(text, request, history))
+        return self._with_bos(text, self._piecewise(text, render, contents))
 
-    def _piecewise(self, text: str, request: str, history: Sequence[Turn]) -> list[int]:
+    def _piecewise(
+        self, text: str, render: Callable[[Sequence[str]], str], contents: Sequence[str]
+    ) -> list[int]:
         tag = uuid.uuid4().hex
-        marks = [f"@@{tag}:{i}@@" for i in range(1 + len(history))]
-        marked = self.prompt.render(
-            marks[0], [Turn(role=t.role, content=m) for t, m in zip(history, marks[1:], strict=True)]
-        )
-        contents = [request, *(turn.content for turn in history)]
+        marked = render([f"@@{tag}:{i}@@" for i in range(len(contents))])
         tokens: list[int] = []
         rebuilt: list[str] = []
         for part in re.split(f"(@@{tag}:\\d+@@)", marked):
@@ -69,6 +89,11 @@ class PromptTokenizer:
             # the prompt. Refuse rather than let special-token text through.
             raise ValueError("the request contains special-token text that the chat template alters")
         return tokens
+
+
+def _turns(history: Sequence[Turn], contents: Sequence[str]) -> list[Turn]:
+    """`history` with each turn's content replaced (by a mark, or by itself)."""
+    return [Turn(role=turn.role, content=content) for turn, content in zip(history, contents, strict=True)]
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> int:

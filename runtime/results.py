@@ -1,4 +1,5 @@
-"""What routing returns: a typed `RouteResult`, and the errors a request can raise."""
+"""What routing and answering return (`RouteResult`, `AnswerResult`, `Exchange`), and the errors a
+request can raise."""
 
 from __future__ import annotations
 
@@ -19,6 +20,19 @@ class EmptyRequestError(RouteInputError):
 
 class RequestTooLongError(RouteInputError):
     pass
+
+
+class AnswersNotTrainedError(RouteInputError):
+    """The router file was trained without the answer step (`toolroute inspect`: answers), so it
+    has no trained reply to a tool's output; it refuses rather than generate untrained text."""
+
+
+class InvalidCallError(RouteInputError):
+    """The call a tool's output answers is not a valid call of this router's catalogue."""
+
+
+class ToolOutputTooLongError(RequestTooLongError):
+    """The answer prompt (request, call, tool output) and the answer's cap do not fit the context."""
 
 
 class RouterBusyError(RuntimeError):
@@ -102,3 +116,42 @@ class RouteResult(BaseModel):
         if call is None:
             return None
         return {"tool": call.tool, "arguments": call.arguments, "canonical": call.canonical}
+
+
+class AnswerResult(BaseModel):
+    """The router's reply to a tool's output (`Router.answer`).
+
+    `finish_reason` is "stop" when the model ended its turn, "length" when the answer reached its
+    token cap (`text` is then what came before the cap).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    cached_tokens: int = Field(description="prompt tokens whose KV state came from the cached prefix")
+    completion_tokens: int
+    latency_ms: float
+
+
+class Exchange(BaseModel):
+    """One request handled end to end (`Router.ask`): the route, what dispatching it did (None when
+    nothing was dispatched: not a call), and the answer to the tool's output (None unless the tool ran)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    route: RouteResult
+    dispatch: Any = None  # a DispatchResult (dispatch.py imports this module)
+    answer: AnswerResult | None = None
+
+    @property
+    def text(self) -> str:
+        """What to tell the user: the answer, else the router's or the tool's reason."""
+        if self.answer is not None:
+            return self.answer.text
+        if self.dispatch is not None and self.dispatch.reason:
+            return str(self.dispatch.reason)
+        if self.route.no_tool is not None:
+            return self.route.no_tool.reason
+        return self.route.error or ""

@@ -34,11 +34,20 @@ How a request runs:
    to spans of the request on top of the grammar (`copying.py`; a dead end, where no span
    fits, decodes again without that argument or tool: `copy_rule.py`), and each token the
    model chooses is scored under the constrained distribution (`confidence.chosen_logprob`):
-   the call score (`call_logprob`, `min_token_logprob`).
+   the call score (`call_logprob`, `min_token_logprob`). Inside a copied value the request's
+   next word is drafted into the same model batch and each drafted token is taken only where it
+   is the constrained greedy choice (`drafting.py`; `draft_values=False` turns it off).
 4. **Confidence** at the decision point right after `{"tool":"`: the probability of each name
    under the grammar-constrained distribution, from the logits the greedy step reads anyway
    (no extra decode when the tools' names start differently); see `confidence.py`.
 5. The text is parsed and validated against the catalogue; anything else is `invalid`.
+
+Answering a tool's output (`answer`, `respond`, `ask`; `answering.py`): the call is validated
+again, the prompt is `RouterPrompt.render_answer` (training's answer rows use it too), tokenized
+so that neither the request nor the tool's output can spell special tokens, and decoded greedily
+without a grammar in sequence 1 over the cached prefix, which is dropped afterwards, as for a route;
+at most `max_answer_tokens` tokens, refused before anything runs when the prompt and that cap do not
+fit the context, or when the file says the router never learned to answer (`answer_rows`).
 
 Input limits: an empty or whitespace-only request is refused (`EmptyRequestError`). The
 completion budget is the grammar's own bound (the longest output it admits, in bytes: one token
@@ -65,6 +74,7 @@ default and the pool is there for machines with cores to spare.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -82,22 +92,29 @@ from pydantic import ValidationError
 from toolroute.grammars import NO_TOOL, Catalogue, NoTool, ToolCall, catalogue_gbnf, make_call
 from toolroute.grammars.output_bound import completion_token_budget
 
+from .answering import DEFAULT_ANSWER_TOKENS, answer_text, decode_answer, tool_output_text
 from .chat_template import ChatTemplate, ChatTemplateError, RouterPrompt, Turn
-from .confidence import DECISION, MAX_BRANCHES, NameScorer, chosen_logprob
+from .confidence import DECISION, MAX_BRANCHES, NAME_MASS, NameScorer, chosen_logprob
 from .context_pool import ContextPool, WaitLimits
 from .copy_rule import CopyRule, Fallback
 from .copying import CopyTracker
 from .decoding import Context, DecodeError, Matcher, Vocabulary, forced_bytes, pick_greedy
 from .dispatch import DispatchResult, Registry
+from .drafting import Lookahead, request_draft
 from .grammar_engine import GrammarLoadError, Utf8Tracker
 from .lru import LruCache
 from .prompt_tokens import PromptTokenizer, common_prefix
 from .results import (
+    AnswerResult,
+    AnswersNotTrainedError,
     EmptyRequestError,
+    Exchange,
+    InvalidCallError,
     RequestTooLongError,
     RouteInputError,
     RouteResult,
     RunnerUp,
+    ToolOutputTooLongError,
 )
 from .router_file import PREFIX as ROUTER_PREFIX
 from .router_file import TEMPLATE_KEY, RouterFile, RouterFileError, RouterMetadata, read_router_file
@@ -193,6 +210,10 @@ class Router:
         stored_thresholds: bool = True,
         call_threshold: CallThreshold | None = None,
         no_tool_threshold: NoToolThreshold | None = None,
+        draft_values: bool = True,
+        name_pruning: bool = True,
+        no_tool_reason: bool = True,
+        max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -211,11 +232,20 @@ class Router:
         self.copy_rule = CopyRule(catalogue, copied, metadata.options)
         self.cache_prefix = cache_prefix
         self.fast_forward = fast_forward
+        # The fast path (issue 15): copied values drafted from the request and verified in one
+        # batch (drafting.py), name scoring within a mass budget (confidence.py), and no_tool
+        # answers that stop once the name is decided, their reason left empty (off by default).
+        self.draft_values = draft_values
+        self._name_mass = NAME_MASS if name_pruning else 0.0
+        self.no_tool_reason = no_tool_reason
         self.n_ctx = n_ctx
         self.n_contexts = n_contexts
         self.n_threads = n_threads or _default_threads(n_contexts)
         self._llama = llama
         self._max_completion_tokens = max_completion_tokens
+        if max_answer_tokens < 1:
+            raise ValueError("max_answer_tokens must be at least 1")
+        self.max_answer_tokens = max_answer_tokens
         self.vocabulary = Vocabulary(llama)
         eos = self.vocabulary.llama.detokenize([llama.token_eos()], special=True).decode("utf-8", "replace")
         bos = self.vocabulary.llama.detokenize([llama.token_bos()], special=True).decode("utf-8", "replace")
@@ -261,6 +291,10 @@ class Router:
         stored_thresholds: bool = True,
         call_threshold: CallThreshold | None = None,
         no_tool_threshold: NoToolThreshold | None = None,
+        draft_values: bool = True,
+        name_pruning: bool = True,
+        no_tool_reason: bool = True,
+        max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -270,6 +304,12 @@ class Router:
         the file stores, if any (`stored_thresholds=False` ignores those: nothing is held back
         unless given here). `copy_rule=False` ignores the file's copied arguments (the catalogue's
         grammar alone decides), `call_score=False` skips the call-level score (see `thresholds.py`).
+        The fast path's switches, for measuring each on and off: `draft_values` (copied values
+        drafted from the request, verified in one batch: `drafting.py`), `name_pruning` (the
+        name scorer follows only names with non-negligible mass: `confidence.py`) and
+        `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
+        then empty).
+        `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
         """
         where = str(path)
         if not Path(path).is_file():
@@ -304,6 +344,10 @@ class Router:
                 stored_thresholds=stored_thresholds,
                 call_threshold=call_threshold,
                 no_tool_threshold=no_tool_threshold,
+                draft_values=draft_values,
+                name_pruning=name_pruning,
+                no_tool_reason=no_tool_reason,
+                max_answer_tokens=max_answer_tokens,
             )
         except GrammarLoadError as exc:
             llama.close()
@@ -360,7 +404,7 @@ class Router:
                 if self._max_completion_tokens is not None:
                     limit = min(limit, self._max_completion_tokens)
                 names = [*names, NO_TOOL] if no_tool else list(names)
-                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
+                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary, self._name_mass), limit)
                 self._grammars.put((key, no_tool), grammar)
             return grammar
 
@@ -488,7 +532,7 @@ class Router:
                 if self._max_completion_tokens is not None:
                     limit = min(limit, self._max_completion_tokens)
                 names = [*fallback.names, NO_TOOL] if no_tool else list(fallback.names)
-                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary), limit)
+                grammar = _Grammar(gbnf, names, NameScorer(names, self.vocabulary, self._name_mass), limit)
                 self._fallback_grammars.put((fallback, no_tool), grammar)
             return grammar
 
@@ -505,6 +549,160 @@ class Router:
             return [self.route(text, history) for text in texts]
         with ThreadPoolExecutor(max_workers=self.n_contexts) as pool:
             return list(pool.map(lambda text: self.route(text, history), texts))
+
+    # -- answering a tool's output ---------------------------------------------------------
+
+    @property
+    def answers_trained(self) -> bool:
+        """Whether the file says training had answer-step rows (`toolroute inspect`: answers)."""
+        return self.metadata.trained_answers > 0
+
+    def _check_answers(self) -> None:
+        if not self.answers_trained:
+            raise AnswersNotTrainedError(
+                f"{self.path}: this router was trained without answers (no training row had a tool "
+                "result and a reply to it), so it cannot answer a tool's output; train it on data with "
+                "follow-ups (a `tool` message and the assistant's answer after the call) to enable it"
+            )
+
+    def _answered_call(self, call: RouteResult | ToolCall | Mapping[str, Any]) -> ToolCall:
+        """The call a tool's output answers, validated again against this router's catalogue."""
+        if isinstance(call, RouteResult):
+            if call.kind != "call" or call.call is None:
+                raise InvalidCallError(
+                    f"a {call.kind} result is not a call: there is no tool output to answer"
+                )
+            call = call.call
+        if isinstance(call, ToolCall):
+            tool, arguments = call.tool, call.arguments
+        elif isinstance(call, Mapping):
+            tool, arguments = call.get("tool"), call.get("arguments")
+        else:
+            raise InvalidCallError(
+                f"a call is a ToolCall, a RouteResult or {{tool, arguments}}, not {type(call).__name__}"
+            )
+        if not isinstance(tool, str) or tool not in self.catalogue:
+            raise InvalidCallError(
+                f"{str(tool)[:64]!r} is not a tool of this router ({', '.join(self.catalogue.names)})"
+            )
+        if not isinstance(arguments, Mapping):
+            raise InvalidCallError(f"the arguments of the call to {tool!r} must be an object")
+        try:
+            return make_call(self.catalogue, tool, dict(arguments))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidCallError(f"the call to {tool!r} fails the tool's schema: {exc}") from None
+
+    def prepare_answer(
+        self,
+        text: str,
+        call: RouteResult | ToolCall | Mapping[str, Any],
+        tool_output: Any,
+        history: Sequence[HistoryItem] | None = None,
+        max_tokens: int | None = None,
+    ) -> tuple[list[int], int, int]:
+        """Check an answer request and tokenize it: (prompt tokens, cached prefix length, token cap).
+
+        Raises `AnswersNotTrainedError`, `InvalidCallError`, `EmptyRequestError` or
+        `ToolOutputTooLongError` (the prompt and the cap do not fit the context), before anything runs.
+        """
+        self._check_answers()
+        if not isinstance(text, str):
+            raise RouteInputError(f"a request is text, not {type(text).__name__}")
+        request = text.strip()
+        if not request:
+            raise EmptyRequestError("empty request: there is nothing to answer")
+        cap = self.max_answer_tokens if max_tokens is None else max_tokens
+        if cap < 1:
+            raise RouteInputError(f"max_tokens must be at least 1, not {cap}")
+        checked = self._answered_call(call)
+        turns = self._turns(history)
+        try:
+            tokens = self._prompts.answer_tokens(
+                request, checked.canonical, tool_output_text(tool_output), turns
+            )
+        except RouteInputError:
+            raise
+        except (ValueError, TemplateError) as exc:
+            raise RouteInputError(f"the chat template cannot render this conversation: {exc}") from None
+        prefix = self._prompts.prefix if self.cache_prefix else []
+        cached = min(common_prefix([tokens, prefix]), len(tokens) - 1) if prefix else 0
+        used = len(tokens) + (len(prefix) - cached)
+        if used + cap > self.n_ctx:
+            raise ToolOutputTooLongError(
+                f"tool output too long: the answer prompt (request, call and tool output) is {len(tokens)} "
+                f"tokens and the context holds {self.n_ctx}, of which {cap} are kept for the answer; "
+                f"shorten the tool's output by about {used + cap - self.n_ctx} tokens (or load the router "
+                "with a larger n_ctx)"
+            )
+        return tokens, cached, cap
+
+    def answer(
+        self,
+        text: str,
+        call: RouteResult | ToolCall | Mapping[str, Any],
+        tool_output: Any,
+        history: Sequence[HistoryItem] | None = None,
+        *,
+        max_tokens: int | None = None,
+        wait: WaitLimits | None = None,
+    ) -> AnswerResult:
+        """The router's reply to a tool's output: `text` is the routed request, `call` the call
+        (validated again against the catalogue), `tool_output` what the tool returned (text, or
+        anything JSON-serialisable: see `tool_output_text`). Greedy, no grammar, at most
+        `max_tokens` (default `max_answer_tokens`) tokens, on the same cached prefix as `route`.
+        """
+        start = time.perf_counter()
+        tokens, cached, cap = self.prepare_answer(text, call, tool_output, history, max_tokens)
+        end_of_turn = self.metadata.completion_suffix.encode("utf-8")
+        with self._slots.acquire(wait) as slot:
+            context = slot.context
+            context.seq_rm(WORK_SEQ)
+            if cached:
+                context.seq_cp(PREFIX_SEQ, WORK_SEQ, 0, cached)
+            try:
+                decoded = decode_answer(
+                    context, self.vocabulary, tokens[cached:], cached, WORK_SEQ, cap, end_of_turn
+                )
+            finally:
+                context.seq_rm(WORK_SEQ)  # the prefix stays as it was
+        return AnswerResult(
+            text=answer_text(decoded.text),
+            finish_reason="length" if decoded.truncated else "stop",
+            prompt_tokens=len(tokens),
+            cached_tokens=cached,
+            completion_tokens=decoded.tokens,
+            latency_ms=(time.perf_counter() - start) * 1000.0,
+        )
+
+    def respond(
+        self,
+        text: str,
+        call: RouteResult | ToolCall | Mapping[str, Any],
+        tool_output: Any,
+        history: Sequence[HistoryItem] | None = None,
+        *,
+        max_tokens: int | None = None,
+    ) -> str:
+        """`answer(...)`'s text: what to tell the user once the tool ran."""
+        return self.answer(text, call, tool_output, history, max_tokens=max_tokens).text
+
+    def ask(self, text: str, history: Sequence[HistoryItem] | None = None) -> Exchange:
+        """Route, dispatch a validated call to its registered function, and answer its output.
+
+        A no_tool, held-back or invalid route, or a tool that was refused or raised, ends the
+        exchange there (`Exchange.text` then gives the reason). Refused up front, before any tool
+        runs, when the router was trained without answers.
+        """
+        self._check_answers()
+        result = self.route(text, history)
+        if result.kind != "call":
+            return Exchange(route=result)
+        dispatched = self.dispatch(result)
+        if dispatched.status != "called":
+            return Exchange(route=result, dispatch=dispatched)
+        return Exchange(
+            route=result, dispatch=dispatched, answer=self.answer(text, result, dispatched.value, history)
+        )
 
     def _generate(
         self,
@@ -531,6 +729,7 @@ class Router:
         produced: list[int] = []
         pending = list(tokens[cached:])
         position = cached
+        lookahead = Lookahead(context, WORK_SEQ, cached)
         probabilities: dict[str, float] | None = scored
         truncated = False
         logprobs: list[float] = []
@@ -545,6 +744,11 @@ class Router:
             produced.append(token)
             pending.append(token)
 
+        def draft(limit: int) -> list[int]:  # the request's next tokens, inside a copied value
+            assert copy is not None
+            return request_draft(copy.continuation(), tokenize, limit)
+
+        tokenize = functools.partial(vocabulary.llama.tokenize, add_bos=False, special=False)
         try:
             while True:
                 if self.fast_forward:
@@ -568,15 +772,18 @@ class Router:
                         if copy is not None and not copy.allows(piece):
                             break  # the model's step below finds what the rule allows, or a dead end
                         take(token)
+                if not self.no_tool_reason and out.startswith(NO_TOOL_PREFIX):
+                    out[:] = NO_TOOL_PREFIX + b',"reason":""}'  # the reason was not wanted
+                    break
                 allowed, may_end = matcher.probe(vocabulary)
                 if not allowed:
                     break  # the grammar is complete (or, impossibly, stuck): nothing to decode
                 if len(produced) >= budget:
                     truncated = True
                     break
-                logits = context.extend(pending, WORK_SEQ, position)
-                position += len(pending)
-                pending.clear()
+                drafting = self.draft_values and copy is not None and copy.inside
+                logits = lookahead.logits(pending, draft if drafting else None, budget - len(produced))
+                position = lookahead.position
                 if probabilities is None and out == DECISION:
                     probabilities = grammar.scorer.score(
                         context, WORK_SEQ, position, logits, matcher, branch_seqs
@@ -597,6 +804,7 @@ class Router:
                 if vocabulary.is_eog(token):
                     break
                 take(token)
+            lookahead.discard()
             if probabilities is None:
                 probabilities = self._score_forced(slot, grammar, tokens, branch_seqs)
         finally:

@@ -2,7 +2,8 @@
 
 One file is the whole router: the catalogue (and its hash), the prompt mode and the exact system
 prompt the model was trained with, the GBNF grammar, the chat template, the base's identity, the
-training manifest's hash, the copied arguments (format 2) and, once an evaluation picked them, the
+training manifest's hash, the copied arguments (format 2), whether it learned the answer step
+(format 3: `answer_rows`) and, once an evaluation picked them, the
 thresholds (the name-probability `min_confidence`; format 2: the call-score and no_tool ones). Every value
 is a GGUF string so that llama.cpp (`Llama.metadata`) reads it without the `gguf` package.
 
@@ -40,7 +41,8 @@ from .template_sandbox import TemplateLimitError, check_template
 from .thresholds import CallThreshold, NoToolThreshold
 
 # 1: the first format. 2: `copied_arguments`, `call_threshold`, `no_tool_threshold` (all optional).
-FORMAT_VERSION = 2
+# 3: `answer_rows` (optional: absent, the router learned no answer step).
+FORMAT_VERSION = 3
 PREFIX = "toolroute."
 TEMPLATE_KEY = "tokenizer.chat_template"  # llama-cpp-python also compiles every `TEMPLATE_KEY.*`
 
@@ -80,6 +82,9 @@ class RouterMetadata(BaseModel):
     copied_arguments: Annotated[str, Field(max_length=MAX_COPIED)] | None = None
     call_threshold: _Small | None = None  # `CallThreshold` as JSON, once an evaluation picked one
     no_tool_threshold: _Small | None = None  # `NoToolThreshold` as JSON, likewise
+    # Format 3. How many answer-step rows (a tool's output and the reply to it) training had, as a
+    # decimal; absent or "0": the router never learned to answer, and `Router.answer` refuses.
+    answer_rows: _Small | None = None
 
     @classmethod
     def build(
@@ -95,6 +100,7 @@ class RouterMetadata(BaseModel):
         options: GrammarOptions | None = None,
         min_confidence: float | None = None,
         copied: tuple[CopiedArgument, ...] | list[CopiedArgument] = (),
+        answer_rows: int = 0,
     ) -> RouterMetadata:
         """Metadata for a catalogue: its JSON, hash and grammar are derived here, in one place."""
         from toolroute.grammars import catalogue_gbnf
@@ -113,6 +119,7 @@ class RouterMetadata(BaseModel):
             manifest_sha256=manifest_sha256,
             min_confidence=None if min_confidence is None else str(min_confidence),
             copied_arguments=copied_to_json(copied) if copied else None,
+            answer_rows=str(answer_rows) if answer_rows else None,
         )
 
     def to_kv(self) -> dict[str, str]:
@@ -139,6 +146,11 @@ class RouterMetadata(BaseModel):
         if self.copied_arguments is None:
             return ()
         return copied_from_json(self.copied_arguments, catalogue.tools, f"{PREFIX}copied_arguments")
+
+    @property
+    def trained_answers(self) -> int:
+        """Answer-step rows the router was trained on (0: it cannot answer a tool's output)."""
+        return 0 if self.answer_rows is None else int(self.answer_rows)
 
     @property
     def call_rule(self) -> CallThreshold | None:
@@ -222,6 +234,12 @@ def _check_small_fields(metadata: RouterMetadata, where: str) -> None:
         loads_bounded(metadata.base, what=f"{PREFIX}base")
     except (ValidationError, JsonInputError) as exc:
         raise RouterFileError(f"{where}: invalid router metadata: {exc}") from None
+    if metadata.answer_rows is not None and not (
+        metadata.answer_rows.isascii() and metadata.answer_rows.isdigit() and len(metadata.answer_rows) <= 12
+    ):
+        raise RouterFileError(
+            f"{where}: {PREFIX}answer_rows {metadata.answer_rows[:20]!r} is not a count of rows"
+        )
     if metadata.min_confidence is not None:
         try:
             threshold = float(metadata.min_confidence)

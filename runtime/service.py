@@ -1,6 +1,12 @@
 """The chat-completions service behind `toolroute serve`, independent of any HTTP library.
 
-The last user message is routed and earlier turns are its history (system messages are the
+A conversation whose last message is a `tool` result (or a legacy `function` one) is answered:
+the call it answers (the assistant message right before it, found by `tool_call_id` or by name)
+is validated again against the catalogue and `Router.answer` writes the reply, which comes back
+as assistant `content` with `finish_reason: "stop"` ("length" at the answer's token cap); a
+router trained without answers refuses with a 400 (`answers_not_trained`), never with the same
+call again, and a tool output that does not fit the context is a 400 before anything runs.
+Otherwise the last user message is routed and earlier turns are its history (system messages are the
 client's, not the router's: the router keeps the system prompt it was trained with, so they are
 ignored). A call comes back as an assistant message with one `tool_calls` entry whose
 `function.arguments` is the canonical JSON text, `finish_reason: "tool_calls"`; a no_tool,
@@ -45,7 +51,16 @@ from toolroute.grammars import Catalogue, CatalogueError, ToolCall, make_call
 from .bounded_json import JsonInputError, loads_bounded
 from .chat_template import Turn
 from .context_pool import WaitLimits
-from .results import RequestTooLongError, RouteInputError, RouterBusyError, RouteResult, WaitCancelledError
+from .results import (
+    AnswersNotTrainedError,
+    InvalidCallError,
+    RequestTooLongError,
+    RouteInputError,
+    RouterBusyError,
+    RouteResult,
+    ToolOutputTooLongError,
+    WaitCancelledError,
+)
 from .router import Router
 from .server_settings import ServerSettings
 
@@ -104,9 +119,12 @@ class _ToolCallIn(BaseModel):
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[_Part] | None = None
     tool_calls: list[_ToolCallIn] | None = None
+    function_call: _Function | None = None  # legacy: the assistant's call
+    tool_call_id: str | None = None  # a `tool` message: the call it answers
+    name: str | None = None  # a legacy `function` message: the function that ran
 
     def text(self) -> str:
         if self.content is None:
@@ -254,30 +272,109 @@ def history_turn(message: _Message, catalogue: Catalogue) -> Turn | None:
     """A message before the routed one as the router's prompt shows it (None: not shown)."""
     if message.role in ("system", "developer"):
         return None
-    if message.role == "assistant" and message.tool_calls:
+    if message.role == "assistant" and (message.tool_calls or message.function_call):
         # An earlier call in the router's own canonical text, written by the code that writes
         # training prompts' history, so a served prompt is byte for byte a trained one.
-        call = message.tool_calls[0].function
-        try:
-            arguments = loads_bounded(call.arguments, what="tool_calls[].function.arguments")
-        except JsonInputError as exc:
-            raise ApiError(400, str(exc), "invalid_arguments", "messages") from None
-        if not isinstance(arguments, dict):
-            raise ApiError(
-                400, "tool_calls[].function.arguments must be a JSON object", "invalid_arguments", "messages"
-            )
-        try:
-            canonical = make_call(catalogue, call.name, arguments).canonical
-        except (KeyError, ValueError) as exc:  # an unknown tool, or arguments its schema refuses
+        return Turn(role="assistant", content=checked_call(message, catalogue, "messages").canonical)
+    # A legacy `function` result is a tool result, as training reads it.
+    role = "tool" if message.role == "function" else message.role
+    return Turn(role=role, content=message.text())  # type: ignore[arg-type]
+
+
+def _called_function(message: _Message) -> _Function:
+    if message.tool_calls:
+        return message.tool_calls[0].function
+    assert message.function_call is not None
+    return message.function_call
+
+
+def checked_call(message: _Message, catalogue: Catalogue, param: str) -> ToolCall:
+    """An assistant message's call (`tool_calls[0]` or legacy `function_call`), validated against
+    the catalogue: a 400 naming `param` for arguments that are not a JSON object, an unknown
+    tool, or arguments its schema refuses."""
+    call = _called_function(message)
+    try:
+        arguments = loads_bounded(call.arguments, what="tool_calls[].function.arguments")
+    except JsonInputError as exc:
+        raise ApiError(400, str(exc), "invalid_arguments", param) from None
+    if not isinstance(arguments, dict):
+        raise ApiError(
+            400, "tool_calls[].function.arguments must be a JSON object", "invalid_arguments", param
+        )
+    try:
+        return make_call(catalogue, call.name, arguments)
+    except (KeyError, ValueError) as exc:  # an unknown tool, or arguments its schema refuses
+        raise ApiError(
+            400,
+            f"the tool call to {call.name[:64]!r} does not fit the router's catalogue: {str(exc)[:300]}",
+            "invalid_tool_call",
+            param,
+        ) from None
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A conversation that ends in a tool's output: what the router answers."""
+
+    request: str
+    history: list[Turn]
+    call: ToolCall
+    output: str
+    call_index: int  # the assistant message with the call
+    result_index: int  # the tool (or function) message
+
+
+def tool_result(messages: list[_Message], catalogue: Catalogue) -> ToolResult:
+    """The call a final `tool` (or legacy `function`) message answers, and the request it came
+    from; a 400 naming the message or field when the conversation does not say which call it is."""
+    last = len(messages) - 1
+    result = messages[last]
+    index = last - 1
+    assistant = messages[index] if index >= 0 else None
+    if (
+        assistant is None
+        or assistant.role != "assistant"
+        or not (assistant.tool_calls or assistant.function_call)
+    ):
+        raise ApiError(
+            400,
+            f"messages[{last}]: a {result.role} message must come right after the assistant message "
+            "with the call it answers (one call, one result)",
+            "invalid_tool_message",
+            f"messages[{last}]",
+        )
+    if result.role == "tool":
+        ids = [call.id for call in assistant.tool_calls or []]
+        if result.tool_call_id is None or result.tool_call_id not in ids:
+            shown = "none" if result.tool_call_id is None else repr(result.tool_call_id[:64])
             raise ApiError(
                 400,
-                f"an earlier tool call to {call.name[:64]!r} does not fit the router's catalogue: "
-                f"{str(exc)[:300]}",
-                "invalid_tool_call",
-                "messages",
-            ) from None
-        return Turn(role="assistant", content=canonical)
-    return Turn(role=message.role, content=message.text())  # type: ignore[arg-type]
+                f"messages[{last}].tool_call_id {shown} does not name a call of messages[{index}] "
+                f"(its calls: {', '.join(repr(i) for i in ids) or 'none with an id'})",
+                "unknown_tool_call_id",
+                f"messages[{last}].tool_call_id",
+            )
+        if len(ids) != 1:
+            raise ApiError(
+                400,
+                f"messages[{index}] has {len(ids)} tool calls; the router answers one call at a time",
+                "unsupported",
+                f"messages[{index}].tool_calls",
+            )
+    elif result.name != _called_function(assistant).name:
+        raise ApiError(
+            400,
+            f"messages[{last}].name {str(result.name)[:64]!r} is not the function messages[{index}] called "
+            f"({_called_function(assistant).name[:64]!r})",
+            "unknown_function_name",
+            f"messages[{last}].name",
+        )
+    call = checked_call(assistant, catalogue, f"messages[{index}]")
+    user = max((i for i in range(index) if messages[i].role == "user"), default=None)
+    if user is None:
+        raise ApiError(400, "messages has no user message before the call", "no_user_message", "messages")
+    history = [t for m in messages[:user] if (t := history_turn(m, catalogue)) is not None]
+    return ToolResult(messages[user].text(), history, call, result.text(), index, last)
 
 
 def canonical_arguments(call: ToolCall) -> str:
@@ -406,6 +503,10 @@ class ChatService:
         if request.n not in (None, 1):
             raise ApiError(400, "n must be 1: a router gives one answer", "unsupported", "n")
         choice = grammar_choice(request.tool_choice, self._tools(request.tools), self.router.catalogue)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        if request.messages[-1].role in ("tool", "function"):
+            completion = self._answer(tool_result(request.messages, self.router.catalogue), cancelled)
+            return Reply(completion, stream=bool(request.stream), include_usage=include_usage)
         last = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
         if last is None:
             raise ApiError(400, "messages has no user message to route", "no_user_message", "messages")
@@ -431,9 +532,60 @@ class ChatService:
             ) from None
         except WaitCancelledError as exc:
             raise ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request") from None
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
         completion = self._completion(result, call_required=choice.call_required)
         return Reply(completion, stream=bool(request.stream), include_usage=include_usage)
+
+    def _wait(self, cancelled: threading.Event | None) -> WaitLimits:
+        return WaitLimits(
+            timeout_s=self.settings.queue_timeout_s, max_waiting=self.settings.max_queue, cancelled=cancelled
+        )
+
+    def _answer(self, result: ToolResult, cancelled: threading.Event | None) -> dict[str, Any]:
+        """The router's answer to a tool's output, as an assistant message with `content`."""
+        try:
+            answer = self.router.answer(
+                result.request, result.call, result.output, result.history, wait=self._wait(cancelled)
+            )
+        except AnswersNotTrainedError as exc:
+            # Never the same call again: a client loop would call the tool forever.
+            raise ApiError(400, str(exc), "answers_not_trained", "messages") from None
+        except ToolOutputTooLongError as exc:
+            raise ApiError(
+                400, str(exc), "context_length_exceeded", f"messages[{result.result_index}].content"
+            ) from None
+        except InvalidCallError as exc:
+            raise ApiError(400, str(exc), "invalid_tool_call", f"messages[{result.call_index}]") from None
+        except RouteInputError as exc:
+            raise ApiError(400, str(exc), "invalid_request", "messages") from None
+        except RouterBusyError as exc:
+            raise ApiError(
+                503,
+                f"the router is busy: {exc}; retry later",
+                "overloaded",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from None
+        except WaitCancelledError as exc:
+            raise ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request") from None
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.text},
+                    "finish_reason": answer.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            },
+            "toolroute": {"kind": "answer", "answered": result.call.tool, "latency_ms": answer.latency_ms},
+        }
 
     def _completion(self, result: RouteResult, call_required: bool = False) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": None}

@@ -99,7 +99,7 @@ def test_inspect_lists_the_copied_arguments_and_why(tmp_path_factory, capsys):
     )
     assert cli_main(["inspect", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["format_version"] == 2
+    assert shown["format_version"] == 3
     assert shown["copied_arguments"] == {
         "track_order.order_id": "declared",
         "request_refund.order_id": "inferred (97.0% of 120 training values are spans)",

@@ -265,8 +265,18 @@ def test_sft_cli_writes_prompt_completion_jsonl(tmp_path, capsys):
         == 0
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 5
-    assert rows[2]["completion"] == '{"tool":"no_tool","reason":"greeting"}<|im_end|>'
+    # The refund row (line 2) has a tool result and an answer: its answer row follows its call row.
+    assert [row.get("step", "route") for row in rows] == [
+        "route",
+        "route",
+        "answer",
+        "route",
+        "route",
+        "route",
+    ]
+    assert "step" not in rows[0]  # a routing row is written as before
+    assert rows[2]["completion"] == "Your refund has started.<|im_end|>"
+    assert rows[3]["completion"] == '{"tool":"no_tool","reason":"greeting"}<|im_end|>'
     assert "Tools:" not in rows[0]["prompt"]
 
 

@@ -18,6 +18,7 @@ from toolroute.bench.reporting import error_cases, threshold_choice
 from toolroute.cli import main
 from toolroute.grammars import load_catalogue
 from toolroute.runtime.router import Router
+from toolroute.runtime.router_file import FORMAT_VERSION
 
 EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
 CAT = load_catalogue(runtime_support.CUSTOMER_SUPPORT_TOOLS)
@@ -82,7 +83,7 @@ def test_eval_cli_on_a_gguf_writes_reports_and_picks_a_threshold(tiny_copy, caps
             assert router.call_threshold is None
         else:
             assert router.call_threshold.model_dump() == rule and router.min_confidence is None
-        assert router.metadata.format_version == 2
+        assert router.metadata.format_version == FORMAT_VERSION
     sidecar = tiny_copy.with_name("router.gguf.sha256").read_text().split()[0]
     assert sidecar == hashlib.sha256(tiny_copy.read_bytes()).hexdigest()
     assert "tool-name accuracy" in capsys.readouterr().out

@@ -173,7 +173,7 @@ def test_the_copy_rule_gets_its_own_time(tmp_path_factory):
     greedy loop's invariants still hold."""
     copied = (CopiedArgument(tool="track_order", argument="order_id", source="declared"),)
     metadata = runtime_support.router_metadata(copied=copied).model_dump()
-    path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-copied.gguf", **metadata)
+    path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-copied-breakdown.gguf", **metadata)
     rows, _, required = _routed(path)
     assert COPY in required
     for plain, timed, row in rows:

@@ -72,7 +72,12 @@ def test_tiny_model_trains_loss_falls_and_manifest_is_complete(tmp_path, tiny_ba
     assert manifest.config["lora"]["targets"] == "all-linear"
     assert manifest.metrics["final_eval_loss"] is not None and manifest.wall_time_s > 0
     assert set(manifest.versions) >= {"torch", "transformers", "peft", "trl"}
-    assert (config.run_dir / "config.toml").read_text() == config.to_toml()
+    # The stored config is the planned one: what was given, and the recipe's values for the rest.
+    stored = load_config(config.run_dir / "config.toml", {})
+    assert stored.model_dump(mode="json") == manifest.config and stored.recipe == "cpu"
+    assert stored.model_dump(include=set(config.model_fields_set) - {"lora"}) == config.model_dump(
+        include=set(config.model_fields_set) - {"lora"}
+    )
     with pytest.raises(TrainingError, match="is a finished run"):
         train(config)
 

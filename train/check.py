@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -30,6 +31,8 @@ class CheckReport(BaseModel):
     examples: int
     per_tool: dict[str, int]
     no_tool_share: float
+    # Rows with an answer step (a tool result and the assistant's reply): training learns those replies.
+    answers: int = 0
     duplicates: int
     conflicting_duplicates: int
     overlap: Overlap | None = None
@@ -53,11 +56,25 @@ def _duplicates(examples: list[Example]) -> tuple[int, int]:
     return duplicates, conflicting
 
 
+class RequestIndex:
+    """Requests up to case and whitespace (`normalize_request`): the overlap `data check --eval`
+    reports, and what augmentation checks every new request against (never an eval request)."""
+
+    def __init__(self, examples: Iterable[Example] = ()) -> None:
+        self._keys = {normalize_request(example.request) for example in examples}
+
+    def __contains__(self, request: str) -> bool:
+        return normalize_request(request) in self._keys
+
+    def add(self, request: str) -> None:
+        self._keys.add(normalize_request(request))
+
+
 def _overlap(train: list[Example], evaluation: ReadResult) -> Overlap:
     exact_train = {e.request for e in train}
-    normalized_train = {normalize_request(e.request) for e in train}
+    normalized_train = RequestIndex(train)
     exact = [e for e in evaluation.examples if e.request in exact_train]
-    normalized = [e for e in evaluation.examples if normalize_request(e.request) in normalized_train]
+    normalized = [e for e in evaluation.examples if e.request in normalized_train]
     return Overlap(
         eval_file=str(evaluation.path),
         eval_examples=len(evaluation.examples),
@@ -115,6 +132,7 @@ def check_data(
         examples=total,
         per_tool=per_tool,
         no_tool_share=round(share, 4),
+        answers=sum(1 for example in examples if example.answer is not None),
         duplicates=duplicates,
         conflicting_duplicates=conflicting,
         overlap=overlap,
@@ -130,6 +148,12 @@ def format_report(report: CheckReport) -> str:
     for name, count in report.per_tool.items():
         share = count / report.examples if report.examples else 0.0
         lines.append(f"  {name:<{width}}  {count:>6}  {share:6.1%}")
+    if report.answers:
+        lines.append(
+            f"answers: {report.answers} rows carry a tool result and the reply to it (the answer step)"
+        )
+    else:
+        lines.append("answers: none (no row has a tool result and a reply after the call: routing only)")
     if report.overlap:
         o = report.overlap
         lines.append(f"eval {o.eval_file}: {o.eval_examples} examples")

@@ -1,8 +1,10 @@
-"""Training configuration as data: defaults < config file (TOML) < command-line flags.
+"""Training configuration as data: defaults < the recipe < config file (TOML) < command-line flags.
 
-The defaults are the lesson's recipe (LoRA r=16, alpha=32, dropout 0.05 on q_proj+v_proj, lr 2e-4,
-3 epochs, cosine, 3% warmup, batch 8 x grad-accum 2, max length 1024). The effective config is
-saved in the run directory, and a resumed run must match it.
+The field defaults are the CPU recipe (`recipe.py`): prompt mode `none`, all-linear LoRA r=16,
+alpha=32, dropout 0.05 on the top 8 layers, lr 1e-3, cosine, 3% warmup, batch 8 x grad-accum 2,
+max length 1024, fast steps; the epochs are sized to a time budget when not given. A value that
+was given (file or flag) always wins over the recipe: `model_fields_set` says which were. The
+effective (planned) config is saved in the run directory, and a resumed run takes it from there.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ class LoraSettings(BaseModel):
     alpha: int = Field(32, ge=1, description="LoRA alpha")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
     targets: list[str] | Literal["all-linear"] = Field(
-        ["q_proj", "v_proj"], description="modules to adapt: a comma list (q_proj,v_proj) or all-linear"
+        "all-linear", description="modules to adapt: a comma list (q_proj,v_proj) or all-linear"
     )
     top_layers: int | None = Field(
-        None, ge=1, description="adapt only the top N transformer layers: a shorter backward pass on a CPU"
+        8, ge=1, description="adapt only the top N transformer layers: a shorter backward pass on a CPU"
     )
 
 
@@ -40,17 +42,25 @@ class TrainConfig(BaseModel):
         None, description="the catalogue (.json, .py or module); else the rows' own tools"
     )
     base: str = Field("default", description="default | gemma3-270m | FILE.gguf | HF model dir | hub id")
-    mode: PromptMode = Field(PromptMode.compact, description="prompt mode")
+    recipe: Literal["auto", "cpu", "gpu", "lesson"] = Field(
+        "auto", description="what the values not given default to; auto: gpu with CUDA, else cpu"
+    )
+    time_budget: float | None = Field(
+        None, gt=0, description="minutes of training the recipe sizes the epochs to (cpu 15, gpu 30)"
+    )
+    mode: PromptMode = Field(PromptMode.none, description="prompt mode")
     lora: LoraSettings = LoraSettings()
-    learning_rate: float = Field(2e-4, gt=0, description="learning rate")
-    epochs: float = Field(3.0, gt=0, description="epochs")
+    learning_rate: float = Field(1e-3, gt=0, description="learning rate")
+    epochs: float = Field(2.0, gt=0, description="epochs")
     scheduler: str = Field("cosine", description="learning-rate schedule")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup share")
     batch_size: int = Field(8, ge=1, description="per-device batch")
     grad_accum: int = Field(2, ge=1, description="gradient accumulation steps")
     max_length: int = Field(1024, ge=16, description="token limit; longer rows are dropped")
     seed: int = Field(13, description="seed")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (smoke runs)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimizer steps (the recipe caps large data with it)"
+    )
     runs_dir: Path = Field(Path("runs"), description="where runs go")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")
     copy_share: float = Field(
@@ -64,6 +74,13 @@ class TrainConfig(BaseModel):
     )
     shared_prefix: bool = Field(
         True, description="with fast steps: the system turn all rows share, run once per batch"
+    )
+    augment: int = Field(
+        0, ge=0, description="new rows per training row by swapping span values (toolroute data augment)"
+    )
+    decision_loss: bool = Field(
+        False,
+        description="loss only on the completion tokens the model decides (not those the grammar forces)",
     )
 
     @field_validator("mode", mode="before")

@@ -77,7 +77,8 @@ def parse_overrides(entries: Iterable[str] | None, catalogue: Catalogue) -> dict
     return overrides
 
 
-def _value_at(arguments: dict[str, Any] | None, path: str) -> Any:
+def value_at(arguments: dict[str, Any] | None, path: str) -> Any:
+    """The value at a dotted argument path (`a.b`), or None where there is none."""
     node: Any = arguments or {}
     for name in path.split("."):
         if not isinstance(node, dict) or name not in node:
@@ -100,7 +101,7 @@ def decide_copied(
         rows = [example for example in examples if example.target.tool == tool.name]
         for path, schema in string_arguments(tool).items():
             values = [
-                (v, e.request) for e in rows if isinstance(v := _value_at(e.target.arguments, path), str)
+                (v, e.request) for e in rows if isinstance(v := value_at(e.target.arguments, path), str)
             ]
             spans = sum(is_span(value, request) for value, request in values)
             measured = spans / len(values) if values else None

@@ -30,12 +30,22 @@ class Target(BaseModel):
         return serialize_call(catalogue, self.tool, self.arguments or {})
 
 
+class Answer(BaseModel):
+    """The answer step of a row: the tool's output after the call, and the assistant's reply to it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tool_output: str
+    text: str
+
+
 class Example(BaseModel):
     """One routed request, wherever it came from.
 
     `history` holds the turns before the routed user turn (multi-turn context); `followup` keeps
-    the turns after the call (tool results and the assistant's answer), unchanged, for training
-    the answer step later; `system` is the system message as the file had it (the prompt used
+    the turns after the call (tool results and the assistant's answer), unchanged; `answer` is
+    the answer step read from them (the call's tool output and the assistant's reply), which
+    training learns beside the call; `system` is the system message as the file had it (the prompt used
     for training is re-rendered from the catalogue in the run's prompt mode).
     """
 
@@ -45,6 +55,7 @@ class Example(BaseModel):
     target: Target
     history: tuple[Turn, ...] = ()
     followup: tuple[dict[str, Any], ...] = ()
+    answer: Answer | None = None
     system: str | None = None
     source: str  # "file:line"
 

@@ -5,7 +5,8 @@ One JSON object per line, in any of:
    (`{"tool":...,"arguments":{...}}` or `{"tool":"no_tool","reason":"..."}`);
 2. OpenAI / Azure chat fine-tuning with tools: `messages` (+ `tools` per row), the assistant turn
    has `tool_calls`; an assistant turn with plain content and no `tool_calls` is the no_tool path
-   (reason = that content); `tool` turns and a final answer after the call are kept as followup;
+   (reason = that content); `tool` turns and a final answer after the call are kept as followup,
+   and a tool result followed by an assistant reply is the row's answer step (`Example.answer`);
 3. legacy OpenAI: `functions` + assistant `function_call`, `function` result turns.
 Turns before the routed user turn are kept as history. Every problem is reported as
 `file:line: what is wrong`, and reading goes on so that one run lists them all.
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 from toolroute.grammars import NO_TOOL, Catalogue, CatalogueError
 from toolroute.runtime.chat_template import Turn
 
-from .examples import Example, Target
+from .examples import Answer, Example, Target
 from .jsonl import JsonTextError, parse_json, read_jsonl
 
 ROLES = ("system", "user", "assistant", "tool", "function")
@@ -173,11 +174,18 @@ class _RowReader:
         history = tuple(self._turn(messages[i], i, catalogue) for i in range(start, routed - 1))
         followup = tuple(messages[routed + 1 :])
         self._check_followup(followup, routed + 1, target, call_id)
+        answer = self._answer(followup, routed + 1)
         system = messages[0].get("content") if start else None
         if start and not isinstance(system, str):
             raise RowError("messages[0].content: a system message's content must be a string")
         example = Example(
-            request=request, target=target, history=history, followup=followup, system=system, source=source
+            request=request,
+            target=target,
+            history=history,
+            followup=followup,
+            answer=answer,
+            system=system,
+            source=source,
         )
         return example, kind
 
@@ -281,6 +289,25 @@ class _RowReader:
         return Turn(role="tool" if role == "function" else role, content=content)
 
     @staticmethod
+    def _answer(followup: tuple[dict[str, Any], ...], offset: int) -> Answer | None:
+        """The answer step: the call's result (a `tool` or legacy `function` turn) followed by an
+        assistant turn with plain content. Turns after that answer are not trained."""
+        if len(followup) < 2 or followup[0]["role"] not in ("tool", "function"):
+            return None
+        output = _text_content(followup[0].get("content"), f"messages[{offset}].content", "a tool result")
+        reply = followup[1]
+        if reply["role"] != "assistant" or reply.get("tool_calls") or reply.get("function_call"):
+            return None  # another call, or more results: not an answer step this router trains
+        text = _text_content(
+            reply.get("content"), f"messages[{offset + 1}].content", "the assistant's answer"
+        )
+        if not text.strip():
+            raise RowError(
+                f"messages[{offset + 1}].content: the assistant's answer to the tool result is empty"
+            )
+        return Answer(tool_output=output, text=text.strip())
+
+    @staticmethod
     def _check_followup(
         followup: tuple[dict[str, Any], ...], offset: int, target: Target, call_id: str | None
     ) -> None:
@@ -302,3 +329,17 @@ class _RowReader:
                         f"{where}.name {message.get('name')!r} "
                         f"does not match the called function {target.tool!r}"
                     )
+
+
+def _text_content(content: Any, where: str, what: str) -> str:
+    """A message's content as text: a string, or a list of `{"type": "text", "text": ...}` parts."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise RowError(f"{where}: {what} must be a string or a list of text parts")

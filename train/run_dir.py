@@ -16,8 +16,10 @@ from pydantic import BaseModel
 from toolroute.grammars import Catalogue
 from toolroute.runtime.files import atomic_write_text
 
+from .augment import AugmentCounts
 from .bases import BaseIdentity
 from .copied import CopyDecision
+from .recipe import TrainingPlan
 
 MANIFEST_FORMAT = "toolroute-run/1"
 
@@ -26,8 +28,9 @@ class DataIdentity(BaseModel):
     path: str
     sha256: str
     examples: int
-    used: int
+    used: int  # routing rows trained
     dropped_too_long: int
+    answers: int = 0  # answer-step rows trained (a tool result and the reply to it), beside `used`
 
 
 class RunManifest(BaseModel):
@@ -43,6 +46,13 @@ class RunManifest(BaseModel):
     completion_suffix: str
     # Every string argument, copied or not and why (absent in manifests written before: none copied).
     copied_arguments: list[CopyDecision] = []
+    # The recipe, epochs and estimate the run was planned with, and the rows augmentation added
+    # (absent in manifests written before: planned by hand, not augmented).
+    plan: TrainingPlan | None = None
+    augmentation: AugmentCounts | None = None
+    # Answer-step rows the run trained (the reply to a tool's output); 0: it learned routing only
+    # (absent in manifests written before: 0). Export writes it into the router file.
+    answer_rows: int = 0
     data: dict[str, DataIdentity]
     config: dict[str, Any]
     metrics: dict[str, float | int | None]

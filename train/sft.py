@@ -2,11 +2,18 @@
 
 The prompt is exactly what the runtime feeds llama.cpp (`RouterPrompt.render`); the completion is
 the canonical call plus the end-of-turn token, the only text the loss is computed on.
+
+A row with an answer step (`Example.answer`: the tool's output and the assistant's reply) gives a
+second row right after its routing row: the prompt is `RouterPrompt.render_answer` (the routed
+conversation, the canonical call, the tool's output), what `Router.answer` feeds llama.cpp, and the
+completion is the reply plus the end-of-turn token. Rows without one give exactly the rows they
+gave before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -21,6 +28,7 @@ class SftRow(BaseModel):
     completion: str
     tool: str
     source: str
+    step: Literal["route", "answer"] = "route"  # left out of `data sft` output when "route"
 
 
 def router_prompt(catalogue: Catalogue, chat_template: ChatTemplate, mode: PromptMode | str) -> RouterPrompt:
@@ -28,12 +36,27 @@ def router_prompt(catalogue: Catalogue, chat_template: ChatTemplate, mode: Promp
 
 
 def sft_rows(examples: Iterable[Example], catalogue: Catalogue, prompt: RouterPrompt) -> list[SftRow]:
-    return [
-        SftRow(
-            prompt=prompt.render(example.request, example.history),
-            completion=prompt.completion(example.target.canonical(catalogue)),
-            tool=example.target.tool,
-            source=example.source,
+    rows = []
+    for example in examples:
+        call = example.target.canonical(catalogue)
+        rows.append(
+            SftRow(
+                prompt=prompt.render(example.request, example.history),
+                completion=prompt.completion(call),
+                tool=example.target.tool,
+                source=example.source,
+            )
         )
-        for example in examples
-    ]
+        if example.answer is not None:
+            rows.append(
+                SftRow(
+                    prompt=prompt.render_answer(
+                        example.request, call, example.answer.tool_output, example.history
+                    ),
+                    completion=prompt.completion(example.answer.text),
+                    tool=example.target.tool,
+                    source=example.source,
+                    step="answer",
+                )
+            )
+    return rows

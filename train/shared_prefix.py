@@ -5,6 +5,8 @@ Every row of a router's training data opens with the same system turn (the whole
 prefix once, at batch size 1, keeps its keys and values, repeats them across the batch and runs
 only each row's own tokens on top. The repeat is an autograd op, so the gradients of all rows flow
 back into the one prefix evaluation: the loss and its gradients are the padded batch's own.
+Answer-step rows (the reply to a tool's output) open with the same system turn and are scored
+only at their reply, so they share the prefix like routing rows (tests/test_answers_training.py).
 """
 
 from __future__ import annotations

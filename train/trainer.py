@@ -1,5 +1,8 @@
 """LoRA SFT of a base model into a router: TRL's SFTTrainer + PEFT, completion-only loss.
 
+Rows whose data carries a tool result and the assistant's reply to it train the answer step too,
+in the same run and weights: a second prompt/completion row (`sft.py`), loss on the reply only.
+
 The step is `FastStepSFTTrainer`'s (`fast_steps`, the default): the stock loss, with the LM head at
 the completion tokens only and the shared system turn run once per batch; `fast_steps = false`
 gives TRL's own step.
@@ -19,16 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from toolroute.grammars import Catalogue, load_catalogue
+from toolroute.runtime.base_models import packaged_gguf
 from toolroute.runtime.chat_template import RouterPrompt
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.resources import peak_rss_mb
 
+from .augment import augment_examples, format_counts
 from .bases import Base, file_sha256
 from .checkpoints import last_complete_checkpoint
 from .config import TrainConfig
 from .copied import decide_copied, describe, parse_overrides
+from .decisions import DecisionMarker, tokenized_rows
 from .examples import Example
 from .formats import read_valid_examples
+from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
 
@@ -52,6 +59,7 @@ class _Split:
     examples: list[Example]
     rows: list[SftRow]
     dropped: int
+    tokens: list[int]  # each kept row's length, prompt + completion
 
     @classmethod
     def render(
@@ -59,28 +67,40 @@ class _Split:
         tokenizer: Any, max_length: int,
     ) -> _Split:  # fmt: skip
         rows = sft_rows(examples, catalogue, prompt)
-        # Truncating would cut the call the loss is computed on: drop such rows, and say so.
-        kept = [
-            r
-            for r in rows
-            if len(tokenizer(r.prompt + r.completion, add_special_tokens=False)["input_ids"]) <= max_length
+        lengths = [
+            len(tokenizer(r.prompt + r.completion, add_special_tokens=False)["input_ids"]) for r in rows
         ]
+        # Truncating would cut the call the loss is computed on: drop such rows, and say so.
+        kept = [(row, length) for row, length in zip(rows, lengths, strict=True) if length <= max_length]
         if dropped := len(rows) - len(kept):
             print(f"warning: dropped {dropped} of {len(rows)} {name} rows longer than {max_length} tokens")
-        return cls(name, path, examples, kept, dropped)
+        return cls(name, path, examples, [row for row, _ in kept], dropped, [length for _, length in kept])
 
-    def dataset(self) -> Any:
+    @property
+    def mean_tokens(self) -> float:
+        return sum(self.tokens) / len(self.tokens) if self.tokens else 0.0
+
+    def dataset(self, tokenizer: Any = None, marker: DecisionMarker | None = None, suffix: str = "") -> Any:
+        """The rows for TRL: prompt/completion text (TRL tokenizes it), or, with a decision
+        `marker`, tokenized here with a completion mask on the decided tokens only."""
         from datasets import Dataset
 
-        return Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in self.rows])
+        if marker is None:
+            return Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in self.rows])
+        return Dataset.from_list(tokenized_rows(self.rows, tokenizer, marker, suffix))
+
+    @property
+    def answer_rows(self) -> int:
+        return sum(1 for row in self.rows if row.step == "answer")
 
     def identity(self) -> DataIdentity:
         return DataIdentity(
             path=str(self.path),
             sha256=file_sha256(self.path),
             examples=len(self.examples),
-            used=len(self.rows),
+            used=len(self.rows) - self.answer_rows,
             dropped_too_long=self.dropped,
+            answers=self.answer_rows,
         )
 
 
@@ -198,6 +218,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     started = time.perf_counter()
     run = RunDir(config.run_dir)
+    if resume and not run.is_complete():  # the interrupted run's planned config: the same plan again
+        config = resumed_config(run.config_path, config)
+    given = given_fields(config)  # what the recipe leaves alone
     _check_resumable(run, config, resume)
     train_examples, catalogue = _read(config.data, load_catalogue(config.tools) if config.tools else None)
     eval_examples = _read(config.eval, catalogue)[0] if config.eval else []
@@ -209,11 +232,20 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     cuda = torch.cuda.is_available() and config.device != "cpu"
     if config.device == "cuda" and not cuda:
         raise TrainingError("--device cuda, but torch sees no CUDA device")
+    augmentation = None
+    if config.augment:  # after the copy decisions, which are made on the rows as given
+        augmentation = augment_examples(
+            train_examples, catalogue, config.augment, seed=config.seed, eval_examples=eval_examples
+        )
+        print(format_counts(augmentation.counts))
+        train_examples = [*train_examples, *augmentation.added]
+    recipe, reason = choose_recipe(config, cuda)
+    config = apply_recipe(config, recipe, given)  # the prompt mode and max length render the rows
 
-    run.start()
-    atomic_write_text(run.config_path, config.to_toml())
     set_seed(config.seed)
-    if not cuda:
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        # Every core by default; OMP_NUM_THREADS wins, e.g. 1 on a machine shared with other work,
+        # where threads that wait for each other at every op's barrier lose far more than they add.
         torch.set_num_threads(os.cpu_count() or 1)
     base = Base.resolve(config.base)
     tokenizer = base.load_tokenizer()
@@ -225,8 +257,23 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         splits.append(_Split.render("eval", config.eval, eval_examples, **render))
     if not splits[0].rows:
         raise TrainingError(f"no training row fits in max_length {config.max_length}")
+    config, plan = plan_run(
+        config, recipe, reason, given, len(splits[0].rows), splits[0].mean_tokens, cuda, resumed=resume
+    )
+    print(format_plan(plan))
+    run.start()
+    atomic_write_text(run.config_path, config.to_toml())  # the plan, for --resume
+    if answers := splits[0].answer_rows:
+        print(f"answer step: {answers} rows (a tool result and the reply to it), trained with the calls")
     evaluate = len(splits) > 1 and bool(splits[1].rows)
 
+    marker = DecisionMarker(catalogue, packaged_gguf()) if config.decision_loss else None
+    suffix = template.completion_suffix()
+    datasets = [split.dataset(tokenizer, marker, suffix) for split in splits[: 2 if evaluate else 1]]
+    if marker is not None:
+        marker.close()
+        kept = sum(sum(row["completion_mask"]) for row in datasets[0])
+        print(f"decision loss: {kept} of {sum(splits[0].tokens)} training tokens take the loss")
     model = base.load_model(torch.bfloat16 if cuda else torch.float32)
     losses: list[dict[str, Any]] = []
     trainer = make_trainer(
@@ -234,8 +281,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         model,
         tokenizer,
         _sft_config(config, run, cuda, evaluate),
-        splits[0].dataset(),
-        splits[1].dataset() if evaluate else None,
+        datasets[0],
+        datasets[1] if evaluate else None,
         callbacks=[_loss_logger(losses), *callbacks],
     )
     # The newest checkpoint written in full: one torn by a kill mid-write is skipped.
@@ -271,6 +318,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         chat_template=template.template,
         completion_suffix=template.completion_suffix(),
         copied_arguments=copy_decisions,
+        plan=plan,
+        augmentation=augmentation.counts if augmentation else None,
+        answer_rows=splits[0].answer_rows,
         data={split.name: split.identity() for split in splits},
         config=config.model_dump(mode="json"),
         metrics={

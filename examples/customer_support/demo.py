@@ -2,18 +2,23 @@
 
     python examples/customer_support/demo.py dist/customer-support.q4_k_m.gguf
 
-The tools' functions below are stand-ins for a shop's real back end; the router decides which one
-runs, with which arguments, or that none should.
+The tools' functions below are stand-ins for a shop's real back end (`followups.py`, which also
+wrote the training follow-ups); the router decides which one runs, with which arguments, or that
+none should. A router trained with answers (`toolroute inspect`: answers) then tells the customer
+what the tool returned: request -> call -> stand-in tool -> answer.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
+from typing import Any
 
 from toolroute.runtime.router import Router
 
 sys.path.insert(0, str(Path(__file__).parent))
+from followups import result_for
 from tools import Escalate, RequestRefund, TrackOrder
 
 REQUESTS = [
@@ -31,19 +36,26 @@ REQUESTS = [
 def main(path: str) -> int:
     router = Router.load(path, tools=[TrackOrder, RequestRefund, Escalate])
 
-    @router.tool
-    def track_order(args: TrackOrder) -> str:
-        return f"order {args.order_id}: in transit, arriving Thursday"
+    backend = random.Random(7)  # the stand-in back end's order states, refund ids and tickets
+
+    def stand_in(tool: str, args: Any) -> dict[str, Any]:
+        return result_for(backend, {"tool": tool, "arguments": args.model_dump(exclude_none=True)})
 
     @router.tool
-    def request_refund(args: RequestRefund) -> str:
-        return f"refund opened for {args.order_id} ({args.reason or 'no reason given'})"
+    def track_order(args: TrackOrder) -> dict[str, Any]:
+        return stand_in("track_order", args)
 
     @router.tool
-    def escalate(args: Escalate) -> str:
-        return f"ticket for a human: {args.topic}, urgency {args.urgency}"
+    def request_refund(args: RequestRefund) -> dict[str, Any]:
+        return stand_in("request_refund", args)
 
-    print(f"router: {path} ({', '.join(router.catalogue.names)} + no_tool)\n")
+    @router.tool
+    def escalate(args: Escalate) -> dict[str, Any]:
+        return stand_in("escalate", args)
+
+    answers = router.answers_trained
+    print(f"router: {path} ({', '.join(router.catalogue.names)} + no_tool)")
+    print("answers: " + ("trained" if answers else "not trained (the tool's output is shown as is)") + "\n")
     for request in REQUESTS:
         result = router.route(request)
         outcome = router.dispatch(result)
@@ -51,7 +63,11 @@ def main(path: str) -> int:
         print(f"> {request}")
         print(f"  {result.raw}")
         detail = outcome.value or outcome.reason
-        print(f"  {outcome.status}: {detail}  [p={confidence}, {result.latency_ms:.0f} ms]\n")
+        print(f"  {outcome.status}: {detail}  [p={confidence}, {result.latency_ms:.0f} ms]")
+        if answers and outcome.status == "called":
+            answer = router.answer(request, result, outcome.value)
+            print(f"  answer: {answer.text}  [{answer.latency_ms:.0f} ms]")
+        print()
     router.close()
     return 0
 

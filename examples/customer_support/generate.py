@@ -14,6 +14,7 @@ import dataclasses
 import json
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from toolroute.grammars import (
     serialize_no_tool,
 )
 from toolroute.runtime.files import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # followups.py, beside this file
 
 HERE = Path(__file__).resolve().parent
 TOOLS_FILE = HERE / "tools.py"
@@ -1122,6 +1125,23 @@ def to_jsonl(catalogue: Catalogue, examples: Sequence[Example]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def with_followups(jsonl: str, seed: int) -> str:
+    """The same rows, each call followed by a stand-in tool result and the reply stating it
+    (`followups.py`), from a random stream of its own."""
+    from followups import followup
+
+    rng = random.Random(seed)
+    lines = []
+    for line in jsonl.splitlines():
+        row = json.loads(line)
+        call = json.loads(row["messages"][-1]["content"])
+        if call["tool"] != "no_tool":
+            output, answer = followup(rng, call)
+            row["messages"] += [{"role": "tool", "content": output}, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: this folder)")
@@ -1130,9 +1150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=DEFAULT_EVAL, help="eval rows")
     args = parser.parse_args(argv)
     catalogue, train, evaluation = build(args.seed, args.train, args.eval)
-    for name, examples in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-        path = atomic_write_text(args.out / name, to_jsonl(catalogue, examples))
+    for name, examples, stream in (("train", train, 5), ("eval", evaluation, 6)):
+        text = to_jsonl(catalogue, examples)
+        path = atomic_write_text(args.out / f"{name}.jsonl", text)
         print(f"wrote {len(examples)} rows to {path}")
+        # The same rows with follow-ups, for the answer step (README: "Answers").
+        path = atomic_write_text(
+            args.out / f"{name}_answers.jsonl", with_followups(text, args.seed * 7 + stream)
+        )
+        print(f"wrote {len(examples)} rows with follow-ups to {path}")
     return 0
 
 
