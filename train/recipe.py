@@ -65,7 +65,7 @@ class Recipe(BaseModel):
 # The recipe-governed fields: what `recipe` decides when they are not given.
 RECIPE_FIELDS = (
     "mode", "learning_rate", "epochs", "batch_size", "grad_accum", "fast_steps", "shared_prefix",
-    "lora.r", "lora.alpha", "lora.dropout", "lora.targets", "lora.top_layers",
+    "decision_loss", "lora.r", "lora.alpha", "lora.dropout", "lora.targets", "lora.top_layers",
 )  # fmt: skip
 
 
