@@ -512,9 +512,7 @@ class ChatService:
             raise ApiError(400, "messages has no user message to route", "no_user_message", "messages")
         catalogue = self.router.catalogue
         history = [t for m in request.messages[:last] if (t := history_turn(m, catalogue)) is not None]
-        wait = WaitLimits(
-            timeout_s=self.settings.queue_timeout_s, max_waiting=self.settings.max_queue, cancelled=cancelled
-        )
+        wait = self._wait(cancelled)
         try:
             result = self.router.route(
                 request.messages[last].text(), history, tools=choice.tools, no_tool=choice.no_tool, wait=wait
@@ -523,21 +521,25 @@ class ChatService:
             raise ApiError(400, str(exc), "context_length_exceeded", "messages") from None
         except RouteInputError as exc:
             raise ApiError(400, str(exc), "invalid_request", "messages") from None
-        except RouterBusyError as exc:
-            raise ApiError(
-                503,
-                f"the router is busy: {exc}; retry later",
-                "overloaded",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
-        except WaitCancelledError as exc:
-            raise ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request") from None
+        except (RouterBusyError, WaitCancelledError) as exc:
+            raise self._wait_error(exc) from None
         completion = self._completion(result, call_required=choice.call_required)
         return Reply(completion, stream=bool(request.stream), include_usage=include_usage)
 
     def _wait(self, cancelled: threading.Event | None) -> WaitLimits:
         return WaitLimits(
             timeout_s=self.settings.queue_timeout_s, max_waiting=self.settings.max_queue, cancelled=cancelled
+        )
+
+    def _wait_error(self, exc: RouterBusyError | WaitCancelledError) -> ApiError:
+        """A wait for a router context that ended without one: busy (503), or the client left."""
+        if isinstance(exc, WaitCancelledError):
+            return ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request")
+        return ApiError(
+            503,
+            f"the router is busy: {exc}; retry later",
+            "overloaded",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
         )
 
     def _answer(self, result: ToolResult, cancelled: threading.Event | None) -> dict[str, Any]:
@@ -557,15 +559,8 @@ class ChatService:
             raise ApiError(400, str(exc), "invalid_tool_call", f"messages[{result.call_index}]") from None
         except RouteInputError as exc:
             raise ApiError(400, str(exc), "invalid_request", "messages") from None
-        except RouterBusyError as exc:
-            raise ApiError(
-                503,
-                f"the router is busy: {exc}; retry later",
-                "overloaded",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
-        except WaitCancelledError as exc:
-            raise ApiError(CLIENT_CLOSED_REQUEST, str(exc), "client_closed_request") from None
+        except (RouterBusyError, WaitCancelledError) as exc:
+            raise self._wait_error(exc) from None
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
