@@ -31,7 +31,8 @@ test: setup
 	$(PY) -m pytest -q -m "not slow and not runtime_install"
 
 # The runtime install on its own, in a second environment built from the same wheels: the CLI,
-# route, inspect and a serve round trip, with no training-side package ever imported.
+# route, inspect, grammar, prompt, schema and a serve round trip, with no training-side package
+# ever imported.
 test-runtime: setup
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)

@@ -23,6 +23,8 @@ from decimal import Decimal, InvalidOperation
 
 from pydantic import BaseModel
 
+from .metrics import percentile
+
 # An id: letters and digits together (ORD-1234, RF-0042, T-4411, A1B2), joined by - or _.
 _ID = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*(?![\w-])")
 # A number: digits with thousands commas or a decimal part; no sign (a dash is usually a separator).
@@ -163,13 +165,6 @@ def score_answer(
     )
 
 
-def _percentile(values: Sequence[float], share: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def answer_report(cases: Sequence[AnswerCase]) -> AnswerReport:
     faithful = sum(1 for case in cases if not case.invented)
     covered = [case.coverage for case in cases if case.coverage is not None]
@@ -185,8 +180,8 @@ def answer_report(cases: Sequence[AnswerCase]) -> AnswerReport:
         coverage_mean=sum(covered) / len(covered) if covered else None,
         rouge_l_mean=sum(case.rouge_l for case in cases) / len(cases) if cases else None,
         cut_at_cap=sum(1 for case in cases if case.finish_reason == "length"),
-        latency_ms_p50=_percentile(latencies, 0.5),
-        latency_ms_p95=_percentile(latencies, 0.95),
+        latency_ms_p50=percentile(latencies, 50),
+        latency_ms_p95=percentile(latencies, 95),
         unfaithful=[case for case in cases if case.invented],
         least_covered=short[:10],
     )

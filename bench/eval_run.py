@@ -67,9 +67,11 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
     # No stored rule holds anything back while scoring: the sweeps see every call, and the file's
     # rules are applied afterwards to report the numbers with and without them.
     copy_rule = not getattr(args, "no_copy_rule", False)
+    span_mass = getattr(args, "min_span_mass", None)
     router = Router.load(
-        model, n_threads=args.threads, n_ctx=args.n_ctx, stored_thresholds=False, copy_rule=copy_rule
-    )
+        model, n_threads=args.threads, n_ctx=args.n_ctx, stored_thresholds=False, copy_rule=copy_rule,
+        **({} if span_mass is None else {"min_span_mass": span_mass}),
+    )  # fmt: skip
     try:
         examples = _examples(args.data, router.catalogue, args.limit)
         report, predictions = evaluate_router(router, examples, unconstrained=args.unconstrained)

@@ -45,7 +45,9 @@ from typing import Any
 
 from toolroute.bench.metrics import percentile
 from toolroute.bench.router_files import embed_catalogue, has_router_metadata, untuned_router
+from toolroute.grammars import load_catalogue
 from toolroute.runtime.resources import peak_rss_mb
+from toolroute.train.formats import read_valid_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
@@ -59,8 +61,10 @@ CONFIGS = {
 
 
 def requests(limit: int | None) -> list[str]:
-    rows = [json.loads(line) for line in EVAL.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = [row["messages"][1]["content"] for row in rows]
+    """The eval set's requests (the routed user turns), read as training reads data: a row that does
+    not read stops the run naming its file and line (InvalidDataError)."""
+    examples = read_valid_examples(EVAL, load_catalogue(TOOLS)).examples
+    texts = [example.request for example in examples]
     return texts[:limit] if limit else texts
 
 

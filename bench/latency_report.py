@@ -82,7 +82,7 @@ class BreakdownResults(BaseModel):
 
 
 class CategorySummary(BaseModel):
-    median_ms: float
+    median_ms: float  # the nearest-rank p50 over the requests, as every median here (`_p`)
     mean_ms: float
     share: float  # of the summed totals
     count: float | None  # median per request of the category's count (COUNT_OF)
@@ -154,10 +154,10 @@ def summarise(run: ConfigRun) -> ConfigSummary:
         values = [row.ms.get(category, 0.0) for row in rows]
         key = COUNT_OF.get(category, (None, ""))[0]
         categories[category] = CategorySummary(
-            median_ms=statistics.median(values),
+            median_ms=_p(values, 50),
             mean_ms=statistics.fmean(values),
             share=sum(values) / grand if grand else 0.0,
-            count=statistics.median(c[key] for c in counts) if key else None,
+            count=_p([c[key] for c in counts], 50) if key else None,
         )
 
     def summed(category: str) -> float:
@@ -188,12 +188,15 @@ def summarise(run: ConfigRun) -> ConfigSummary:
         timed_p50_ms=_p(totals, 50),
         same_output=run.same_output,
         categories=categories,
-        medians={key: statistics.median(c[key] for c in counts) for key in keys},
+        medians={key: _p([c[key] for c in counts], 50) for key in keys},
         per_step=per_step,
     )
 
 
 def _p(values: Sequence[float], q: float) -> float:
+    """`metrics.percentile`, the benchmarks' one definition (nearest rank): every "median" in this
+    report is its p50, so a median and a p50 side by side are the same statistic, and each is a
+    value some request had (never the mean of the two middle ones); NaN for no requests."""
     value = percentile(values, q)
     return float("nan") if value is None else value
 
@@ -254,7 +257,7 @@ def _about(run: CatalogueRun, summaries: list[ConfigSummary]) -> list[str]:
         f" {run.load_average[0]:.1f} at the start, {run.load_average[1]:.1f} at the end",
     ]
     if run.naive is not None:
-        p50, tokens = _p(run.naive.latencies_ms, 50), statistics.median(run.naive.completion_tokens)
+        p50, tokens = _p(run.naive.latencies_ms, 50), _p(run.naive.completion_tokens, 50)
         lines.append(
             f"- naive `create_chat_completion(grammar=...)`, same file: p50 {p50:.0f} ms,"
             f" median {tokens:.0f} completion tokens"

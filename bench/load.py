@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from toolroute.bench.metrics import percentile
+from toolroute.grammars import load_catalogue
+from toolroute.train.formats import read_valid_examples
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT / "examples" / "customer_support" / "eval.jsonl"
@@ -44,13 +46,10 @@ STARTUP_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 120.0
 
 
-def eval_requests(path: Path = EVAL) -> list[str]:
-    texts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            messages = json.loads(line)["messages"]
-            texts.append(next(m["content"] for m in reversed(messages) if m["role"] == "user"))
-    return texts
+def eval_requests(path: Path = EVAL, tools: Path = TOOLS) -> list[str]:
+    """The requests (the routed user turns) of a data file in any format training reads, checked
+    as training checks them: a row that does not read raises InvalidDataError naming file and line."""
+    return [example.request for example in read_valid_examples(path, load_catalogue(tools)).examples]
 
 
 # -- the server process ----------------------------------------------------------------------------

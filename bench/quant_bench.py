@@ -41,6 +41,7 @@ from toolroute.bench.measure import Measurement
 from toolroute.export.quantize import QuantizeError, made_with, tensor_types
 from toolroute.export.quantize_options import QuantizeOptions
 from toolroute.runtime.files import atomic_write_png, atomic_write_text, file_sha256
+from toolroute.runtime.router_file import RouterFileError, read_router_file
 from toolroute.train.run_dir import RunDir
 
 BENCH_FORMAT = "toolroute-bench/1"
@@ -73,13 +74,12 @@ class BenchResults(BaseModel):
 
 
 def _embedded_manifest_sha(path: Path) -> str | None:
-    from llama_cpp import Llama
-
-    vocab = Llama(str(path), vocab_only=True, verbose=False)
+    """The training manifest's hash a router file in `dist/` carries; None for a file that is not a
+    valid router (a damaged or foreign file there is exported again, never reused)."""
     try:
-        return vocab.metadata.get("toolroute.manifest_sha256")
-    finally:
-        vocab.close()
+        return read_router_file(path).metadata.manifest_sha256
+    except RouterFileError:
+        return None
 
 
 def router_files(
@@ -139,13 +139,12 @@ def recommended_level(rows: Sequence[BenchRow]) -> str | None:
     return min(within)[1]
 
 
-def untuned_router(run: RunDir, like: Path, work: Path) -> Path:
-    """The run's base model with the run's router metadata (prompt, grammar, catalogue) embedded."""
-    from llama_cpp import Llama
-
+def untuned_base_of_run(run: RunDir, like: Path, work: Path) -> Path:
+    """The run's own base model, never fine-tuned, carrying the router metadata (prompt, grammar,
+    catalogue) of `like`, one of the run's router files, with no threshold: the zero-shot row.
+    (`router_files.untuned_router` is another thing: the default base with any catalogue.)"""
     from toolroute.export.converter import convert
     from toolroute.export.embed import write_router_gguf
-    from toolroute.runtime.router_file import RouterMetadata
 
     manifest = run.load_manifest()
     if manifest.base.kind == "gguf":
@@ -155,12 +154,9 @@ def untuned_router(run: RunDir, like: Path, work: Path) -> Path:
     else:
         raise ValueError(f"the base {manifest.base.spec!r} is a hub id: no untuned reference row offline")
 
-    vocab = Llama(str(like), vocab_only=True, verbose=False)
-    try:
-        metadata = RouterMetadata.from_kv(vocab.metadata, where=str(like))
-    finally:
-        vocab.close()
-    metadata = metadata.model_copy(update={"min_confidence": None})
+    # Read from the header and checked before llama.cpp opens anything (a RouterFileError is a
+    # ValueError: the caller reports the row as not measured).
+    metadata = read_router_file(like).metadata.model_copy(update={"min_confidence": None})
     return write_router_gguf(base_file, work / "untuned-base.gguf", metadata)
 
 
@@ -208,7 +204,7 @@ def bench_run(
             like = files.get(NAIVE_LEVEL) or next(iter(files.values()), None)
             if like is not None:
                 try:
-                    untuned = untuned_router(run, like, work)
+                    untuned = untuned_base_of_run(run, like, work)
                     rows.append(
                         (
                             BenchRow(label="untuned base, same prompt + grammar", reference=True),

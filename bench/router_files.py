@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from toolroute.runtime.gguf_header import read_gguf_metadata
+from toolroute.runtime.router_file import PREFIX
+
 UNTUNED = "untuned"
 
 
 def has_router_metadata(path: Path) -> bool:
-    from llama_cpp import Llama
-
-    vocab = Llama(str(path), vocab_only=True, verbose=False)
-    try:
-        return any(key.startswith("toolroute.") for key in vocab.metadata)
-    finally:
-        vocab.close()
+    """Whether the GGUF carries any `toolroute.*` field, read from its header: llama.cpp never opens
+    a file before its metadata is checked (a crafted template runs while it loads), and a file that
+    has the fields is then loaded, and checked in full, by `Router.load`."""
+    return any(key.startswith(PREFIX) for key in read_gguf_metadata(path))
 
 
 def embed_catalogue(

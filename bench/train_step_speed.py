@@ -123,16 +123,19 @@ class _Contender:
 def _rows(config: Any, mode: str, tokenizer: Any, template: Any) -> tuple[Any, Catalogue]:
     from datasets import Dataset
 
-    from toolroute.train.formats import read_examples
+    from toolroute.train.formats import InvalidDataError, read_valid_examples
     from toolroute.train.sft import router_prompt, sft_rows
 
     catalogue = load_catalogue(config.tools) if config.tools else None
-    result = read_examples(config.data, catalogue)
-    if result.errors or result.catalogue is None:
-        raise SystemExit(f"{config.data}: {len(result.errors)} invalid lines (run `toolroute data check`)")
-    rows = sft_rows(result.examples, result.catalogue, router_prompt(result.catalogue, template, mode))
+    try:
+        result = read_valid_examples(config.data, catalogue)
+    except InvalidDataError as exc:  # a script: the rows' file:line errors, not a traceback
+        raise SystemExit(str(exc)) from None
+    catalogue = result.catalogue
+    assert catalogue is not None  # given, or taken from the rows, and there are rows
+    rows = sft_rows(result.examples, catalogue, router_prompt(catalogue, template, mode))
     dataset = Dataset.from_list([{"prompt": r.prompt, "completion": r.completion} for r in rows])
-    return dataset, result.catalogue
+    return dataset, catalogue
 
 
 def _trainer(variant: Variant, config: Any, model: Any, tokenizer: Any, dataset: Any, output: Path) -> Any:

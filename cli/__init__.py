@@ -4,7 +4,9 @@ argparse rather than Typer: the runtime install is llama-cpp-python + pydantic o
 edge app should not pull click and rich for a CLI it may never run.
 
 Each `toolroute.cli.<stage>` module registers its commands with light imports only (argparse,
-pydantic, the grammars); its handlers import their stage when they run. So the runtime install
+pydantic, the grammars, and the option classes some flags are made from: `train.config`,
+`train.recipe`, `export.quantize_options`); its handlers import their stage when they run
+(tests/test_cli_lazy.py holds every module to this). So the runtime install
 runs `route`, `serve`, `inspect`, `grammar`, `prompt` and `schema`, and a command whose stage
 needs an extra that is not installed says which one instead of failing with a traceback.
 """

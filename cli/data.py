@@ -1,4 +1,8 @@
-"""`toolroute data ...`: check, split, render and import training data (no torch needed)."""
+"""`toolroute data ...`: check, split, render and import training data (no torch needed).
+
+The train stage is imported by each handler when it runs, never when the parser is built: every
+`toolroute` command builds the whole parser, `route` and `serve` included.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolroute.grammars import Catalogue, PromptMode, load_catalogue
-from toolroute.runtime.base_models import base_gguf
-from toolroute.runtime.chat_template import ChatTemplate
 from toolroute.runtime.files import atomic_write_text
-from toolroute.train.augment import augment_examples, format_counts, router_line
-from toolroute.train.check import check_data, format_report
-from toolroute.train.formats import ReadResult, read_valid_examples
-from toolroute.train.hwu64 import format_report as format_hwu64_report
-from toolroute.train.hwu64 import import_hwu64
-from toolroute.train.sft import router_prompt, sft_rows
-from toolroute.train.split import stratified_split
+
+if TYPE_CHECKING:
+    from toolroute.train.formats import ReadResult
 
 
 def _catalogue(args: argparse.Namespace) -> Catalogue | None:
@@ -25,6 +24,8 @@ def _catalogue(args: argparse.Namespace) -> Catalogue | None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from toolroute.train.check import check_data, format_report
+
     report = check_data(args.file, _catalogue(args), args.eval, args.union_tools)
     if args.json:
         print(json.dumps({**report.model_dump(), "ok": report.ok}, indent=2, ensure_ascii=False))
@@ -34,10 +35,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _read_valid(args: argparse.Namespace) -> ReadResult:
+    from toolroute.train.formats import read_valid_examples
+
     return read_valid_examples(args.file, _catalogue(args), args.union_tools)
 
 
 def _split(args: argparse.Namespace) -> int:
+    from toolroute.train.split import stratified_split
+
     result = _read_valid(args)
     split = stratified_split(result.examples, args.eval_fraction, args.seed)
     for sources, out in ((split.train, args.train_out), (split.eval, args.eval_out)):
@@ -47,6 +52,10 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
+    from toolroute.runtime.base_models import base_gguf
+    from toolroute.runtime.chat_template import ChatTemplate
+    from toolroute.train.sft import router_prompt, sft_rows
+
     result = _read_valid(args)
     template = ChatTemplate.from_gguf(base_gguf(args.base))
     rows = sft_rows(result.examples, result.catalogue, router_prompt(result.catalogue, template, args.mode))
@@ -62,6 +71,9 @@ def _sft(args: argparse.Namespace) -> int:
 
 
 def _augment(args: argparse.Namespace) -> int:
+    from toolroute.train.augment import augment_examples, format_counts, router_line
+    from toolroute.train.formats import read_valid_examples
+
     if Path(args.out).resolve() == Path(args.file).resolve():
         raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
     result = _read_valid(args)
@@ -91,6 +103,9 @@ def _scenario_list(text: str) -> list[str]:
 
 
 def _import_hwu64(args: argparse.Namespace) -> int:
+    from toolroute.train.hwu64 import format_report as format_hwu64_report
+    from toolroute.train.hwu64 import import_hwu64
+
     print(format_hwu64_report(import_hwu64(Path(args.source), Path(args.out), args.scenarios)))
     return 0
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from toolroute.bench.reporting import MAX_RISK
-
 
 def _eval(args: argparse.Namespace) -> int:
+    # The bench stage is imported here, not when the parser is built (every command builds it).
     from toolroute.bench.eval_run import run_eval
+    from toolroute.bench.reporting import MAX_RISK
 
+    if args.max_risk is None:
+        args.max_risk = MAX_RISK
     return run_eval(args)
 
 
@@ -37,9 +39,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="decode with the grammar alone: copied arguments are not held to spans of the request",
     )
     parser.add_argument(
+        "--min-span-mass",
+        type=float,
+        default=None,
+        help="leave an optional copied argument out when the model, opening it, gives the request's "
+        "spans less probability than this (default: the runtime's)",
+    )
+    parser.add_argument(
         "--max-risk",
         type=float,
-        default=MAX_RISK,
+        default=None,  # bench.reporting.MAX_RISK, filled in by `_eval`
         help="silent-error rate the threshold keeps (default 0.01)",
     )
     parser.add_argument("--limit", type=int, help="N examples spread evenly over the file")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from toolroute.runtime.router_file import read_router_file
-
 
 def _inspect(args: argparse.Namespace) -> int:
+    # Imported when it runs: the router-file reader brings llama-cpp-python's chat formats (the
+    # template sandbox), which building the parser for another command should not load.
+    from toolroute.runtime.router_file import read_router_file
+
     router_file = read_router_file(args.file)
     metadata, kv, catalogue = router_file.metadata, router_file.kv, router_file.catalogue
     if args.grammar:

@@ -24,6 +24,7 @@ def _load(args: argparse.Namespace) -> Any:
         n_ctx=args.n_ctx,
         copy_rule=not args.no_copy_rule,
         **({"n_contexts": args.contexts} if hasattr(args, "contexts") else {}),
+        **({} if args.min_span_mass is None else {"min_span_mass": args.min_span_mass}),
     )
 
 
@@ -107,6 +108,13 @@ def _add_router_options(parser: argparse.ArgumentParser) -> None:
         "--no-copy-rule",
         action="store_true",
         help="decode with the grammar alone: copied arguments are not held to spans of the request",
+    )
+    parser.add_argument(
+        "--min-span-mass",
+        type=float,
+        default=None,
+        help="leave an optional copied argument out when the model, opening it, gives the request's "
+        "spans less probability than this (default: the runtime's)",
     )
 
 

@@ -20,6 +20,10 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from toolroute.cli import require_extra
+
+# The one train-stage import made while the parser is built (every command builds it): the flags
+# are these classes' fields. Both modules are pydantic and the standard library only (no torch,
+# no tokenizer), which tests/test_cli_lazy.py holds them to; the trainer is imported by `_train`.
 from toolroute.train.config import LoraSettings, TrainConfig
 from toolroute.train.recipe import RECIPE_FIELDS
 

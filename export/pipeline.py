@@ -23,7 +23,7 @@ from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.router_file import RouterMetadata
 from toolroute.train.bases import Base
 from toolroute.train.copied import copied_arguments
-from toolroute.train.formats import read_examples
+from toolroute.train.formats import read_valid_examples
 from toolroute.train.run_dir import RunDir, RunManifest
 
 from .converter import convert
@@ -81,7 +81,9 @@ def router_metadata(manifest: RunManifest, manifest_sha256: str, options: Gramma
 
 def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
     split = manifest.data.get("eval") or manifest.data["train"]
-    examples = read_examples(split.path, manifest.load_catalogue()).examples[:count]
+    # The split as training read it: a row that no longer reads (the file edited since) stops the
+    # export naming its file and line, rather than quietly comparing fewer prompts.
+    examples = read_valid_examples(split.path, manifest.load_catalogue()).examples[:count]
     prompt = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt)
     return [prompt.render(e.request, e.history) for e in examples]
 
@@ -89,7 +91,7 @@ def _parity_prompts(manifest: RunManifest, template: ChatTemplate, count: int) -
 def _imatrix_rows(manifest: RunManifest, template: ChatTemplate, count: int) -> list[str]:
     """`count` training rows spread evenly over the train split, as trained: prompt + completion."""
     catalogue = manifest.load_catalogue()
-    examples = read_examples(manifest.data["train"].path, catalogue).examples
+    examples = read_valid_examples(manifest.data["train"].path, catalogue).examples  # as `_parity_prompts`
     if count < len(examples):
         examples = [examples[index * len(examples) // count] for index in range(count)]
     prompt = RouterPrompt(chat_template=template, system_prompt=manifest.system_prompt)

@@ -12,6 +12,7 @@ spelled in plain pieces; or at the token cap (`DEFAULT_ANSWER_TOKENS`, overridab
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic_core import to_jsonable_python
 
 from .decoding import Context, Vocabulary
+from .results import WaitCancelledError
 
 # An answer is a sentence or two stating what the tool returned; the cap keeps every answer
 # finite (and its KV cells reserved up front) whatever an untrained or confused model does.
@@ -49,13 +51,17 @@ def decode_answer(
     seq: int,
     budget: int,
     end_of_turn: bytes,
+    cancelled: threading.Event | None = None,
 ) -> DecodedAnswer:
     """Greedy decoding of at most `budget` tokens after `pending` (evaluated from `position` in
-    sequence `seq`, whose earlier cells the caller set up)."""
+    sequence `seq`, whose earlier cells the caller set up). `cancelled` set (the client went
+    away): `WaitCancelledError` before the next token."""
     out = bytearray()
     produced = 0
     pending = list(pending)
     while True:
+        if cancelled is not None and cancelled.is_set():
+            raise WaitCancelledError("the request was withdrawn while its answer was decoded")
         if produced >= budget:
             return DecodedAnswer(bytes(out), produced, True)
         logits = context.extend(pending, seq, position)

@@ -3,11 +3,13 @@
 `Router` owns one `CopyRule` (from the file's `toolroute.copied_arguments`, unless loaded with
 `copy_rule=False`). Per request it gives a `CopyTracker` over the request's text (`tracker`);
 when decoding reaches a dead end inside a copied argument (no span of this request fits it: a
-pattern, a format or a `minLength` no span meets), `fall_back` says how to decode again: an
-optional argument is left out of that tool's grammar, a required one takes its tool out of the
-choice (no_tool stays, unless the caller asked for a call). Each retry removes something, so a
-request ends in a call, no_tool or, with no_tool excluded and nothing left, an invalid result:
-never a hang. The result lists such arguments in `no_span`.
+pattern, a format or a `minLength` no span meets; or, with `min_span_mass`, an optional
+argument the model opened while giving the request's spans less probability than that),
+`fall_back` says how to decode again: an optional argument is left out of that tool's grammar,
+a required one takes its tool out of the choice (no_tool stays, unless the caller asked for a
+call). Each retry removes something, so a request ends in a call, no_tool or, with no_tool
+excluded and nothing left, an invalid result: never a hang. The result lists such arguments in
+`no_span`.
 """
 
 from __future__ import annotations
@@ -34,18 +36,31 @@ class CopyRule:
     """The copied arguments of a router and their length limits. Read-only (thread-safe)."""
 
     def __init__(
-        self, catalogue: Catalogue, copied: tuple[CopiedArgument, ...], options: GrammarOptions
+        self,
+        catalogue: Catalogue,
+        copied: tuple[CopiedArgument, ...],
+        options: GrammarOptions,
+        min_span_mass: float = 0.0,
     ) -> None:
         self.catalogue = catalogue
         self.copied = copied
         self.options = options
+        self.min_span_mass = min_span_mass
         self.limits: dict[str, dict[str, FieldLimits]] = copied_limits(
             catalogue.tools, copied, options.max_string_length
         )
+        # The copied arguments a call may leave out (an optional one, or one under an optional
+        # object): those the tracker may give up on (`CopyTracker.gives_up`).
+        self.optional: dict[str, frozenset[str]] = {
+            tool: frozenset(path for path in paths if optional_ancestor(catalogue.get(tool), path))
+            for tool, paths in self.limits.items()
+        }
 
     def tracker(self, request: str) -> CopyTracker | None:
         """A tracker for one request's output; None when no tool has a copied argument."""
-        return CopyTracker(RequestText(request), self.limits) if self.limits else None
+        if not self.limits:
+            return None
+        return CopyTracker(RequestText(request), self.limits, self.optional, self.min_span_mass)
 
     def fall_back(self, names: tuple[str, ...], dropped: Dropped, tool: str, argument: str) -> Fallback:
         """After a dead end in `tool`'s copied `argument`: leave it (or its optional ancestor) out,

@@ -162,13 +162,24 @@ class CopyTracker:
     """
 
     __slots__ = (
-        "_copied", "_memo", "_text", "buffer", "cursor", "escape", "in_string", "kind", "rejected", "stack",
-        "tool",
+        "_copied", "_memo", "_optional", "_text", "buffer", "cursor", "escape", "in_string", "kind",
+        "min_span_mass", "rejected", "stack", "tool",
     )  # fmt: skip
 
-    def __init__(self, request: RequestText, copied: Mapping[str, Mapping[str, FieldLimits]]) -> None:
+    def __init__(
+        self,
+        request: RequestText,
+        copied: Mapping[str, Mapping[str, FieldLimits]],
+        optional: Mapping[str, frozenset[str]] | None = None,
+        min_span_mass: float = 0.0,
+    ) -> None:
         self._text = request
         self._copied = copied
+        # {tool: copied argument paths a call may leave out}, and the least probability the
+        # model must give to starting some span of the request before one of those is written
+        # (`gives_up`); 0 never gives up.
+        self._optional = optional or {}
+        self.min_span_mass = min_span_mass
         self.stack: tuple[tuple[str, str, bool, str], ...] = ()  # (kind o|a, path, expect_key, key)
         self.in_string = False
         self.kind = ""  # the open string: key | tool | value | copy
@@ -196,6 +207,22 @@ class CopyTracker:
         last refusal happened: where to look when no token is allowed."""
         path = self.cursor.path if self.cursor is not None else self.rejected
         return (self.tool, path) if self.tool and path else None
+
+    def gives_up(self, span_mass: float) -> bool:
+        """At the opening of an optional copied value, with `span_mass` the model's probability
+        of the tokens that start a span of the request: whether to leave the argument out
+        instead (the router decodes again without it, as at a dead end). A model that opens an
+        optional argument the request has no value for puts its mass on a value it would invent
+        (an order id in a request that has none); the rule would then force some unrelated span.
+        """
+        cursor = self.cursor
+        return (
+            cursor is not None
+            and cursor.written == 0
+            and span_mass < self.min_span_mass
+            and self.tool is not None
+            and cursor.path in self._optional.get(self.tool, ())
+        )
 
     def allows(self, piece: bytes) -> bool:
         probe = self.copy()

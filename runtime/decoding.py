@@ -200,6 +200,8 @@ def pick_greedy(
         ids, values = allowed_tokens(matcher, utf8, vocabulary, logits, candidates, copy)
         if not len(ids):
             raise DecodeError("no token extends a span of the request here (dead end)")
+        if copy.min_span_mass and copy.gives_up(span_mass(logits, values)):
+            raise DecodeError("the model gives no span of the request enough probability here (left out)")
         return int(ids[int(np.argmax(values))])
     top = np.argpartition(-logits, TOP_K[-1])[: TOP_K[-1]]
     top = top[np.argsort(-logits[top], kind="stable")]
@@ -217,6 +219,13 @@ def pick_greedy(
         if _keeps(token, utf8, vocabulary, copy):
             return token
     raise DecodeError("the grammar allows no token here (dead end)")
+
+
+def span_mass(logits: np.ndarray, allowed_logits: np.ndarray) -> float:
+    """The model's probability (softmax over the whole vocabulary) of the allowed tokens."""
+    top = float(np.max(logits))
+    total = float(np.sum(np.exp(logits.astype(np.float64) - top)))
+    return float(np.sum(np.exp(allowed_logits.astype(np.float64) - top)) / total)
 
 
 def _keeps(token: int, utf8: Utf8Tracker, vocabulary: Vocabulary, copy: CopyTracker | None) -> bool:

@@ -47,7 +47,8 @@ class RouterBusyError(RuntimeError):
 
 
 class WaitCancelledError(RuntimeError):
-    """The caller withdrew a request (its client went away) while it waited for a context."""
+    """The caller withdrew a request (its client went away) while it waited for a context or
+    while it was decoded: decoding stops at the next token, so a gone client costs no more."""
 
 
 class RunnerUp(BaseModel):

@@ -115,6 +115,7 @@ from .results import (
     RouteResult,
     RunnerUp,
     ToolOutputTooLongError,
+    WaitCancelledError,
 )
 from .router_file import PREFIX as ROUTER_PREFIX
 from .router_file import TEMPLATE_KEY, RouterFile, RouterFileError, RouterMetadata, read_router_file
@@ -132,6 +133,9 @@ N_BATCH = 512
 # Grammars (and, per context, parsed llama.cpp matchers) kept for distinct `tools` subsets: a
 # client choosing subsets must not grow the process without bound; one more is rebuilt in milliseconds.
 MAX_CACHED_GRAMMARS = 32
+# An optional copied argument the model opens while giving the request's spans less probability
+# than this is left out (see `CopyTracker.gives_up`). 0 until picked on validation rows.
+DEFAULT_MIN_SPAN_MASS = 0.0
 
 HistoryItem = Turn | Mapping[str, str]
 
@@ -214,6 +218,7 @@ class Router:
         name_pruning: bool = True,
         no_tool_reason: bool = True,
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+        min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -229,7 +234,9 @@ class Router:
         self.call_score = call_score
         # The file's copied arguments; `copy_rule=False` decodes with the grammar alone.
         copied = metadata.copied(catalogue) if copy_rule else ()
-        self.copy_rule = CopyRule(catalogue, copied, metadata.options)
+        if not 0.0 <= min_span_mass < 1.0:
+            raise ValueError(f"min_span_mass must be within [0, 1), not {min_span_mass}")
+        self.copy_rule = CopyRule(catalogue, copied, metadata.options, min_span_mass)
         self.cache_prefix = cache_prefix
         self.fast_forward = fast_forward
         # The fast path (issue 15): copied values drafted from the request and verified in one
@@ -295,6 +302,7 @@ class Router:
         name_pruning: bool = True,
         no_tool_reason: bool = True,
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+        min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -310,6 +318,8 @@ class Router:
         `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
         then empty).
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
+        `min_span_mass`: an optional copied argument is left out when the model, opening it, gives
+        the request's spans less probability than this (`CopyTracker.gives_up`; 0: never).
         """
         where = str(path)
         if not Path(path).is_file():
@@ -348,6 +358,7 @@ class Router:
                 name_pruning=name_pruning,
                 no_tool_reason=no_tool_reason,
                 max_answer_tokens=max_answer_tokens,
+                min_span_mass=min_span_mass,
             )
         except GrammarLoadError as exc:
             llama.close()
@@ -494,17 +505,18 @@ class Router:
         `tools` restricts the choice to some of the catalogue's tools (the grammar is narrowed;
         the prompt stays the one the router was trained with; empty: no_tool only), and
         `no_tool=False` takes no_tool out of the grammar (a call is required). `wait` bounds the
-        wait for a free context (`RouterBusyError`) and lets the caller withdraw
-        (`WaitCancelledError`); by default a request waits as long as it takes.
+        wait for a free context (`RouterBusyError`) and lets the caller withdraw it, waiting or
+        being decoded (`WaitCancelledError`); by default a request waits as long as it takes.
         """
         start = time.perf_counter()
         tokens, cached, grammar = self.prepare(text, history, tools, no_tool)
         budget = self.completion_budget(len(tokens), cached, grammar)
         request = text.strip()
         no_span: list[str] = []
+        cancelled = wait.cancelled if wait is not None else None
         with self._slots.acquire(wait) as slot:
             copy = self.copy_rule.tracker(request)
-            generation = self._generate(slot, tokens, cached, grammar, budget, copy)
+            generation = self._generate(slot, tokens, cached, grammar, budget, copy, cancelled=cancelled)
             fallback = Fallback(tuple(n for n in grammar.names if n != NO_TOOL), frozenset())
             while generation.dead_end is not None:
                 tool, argument = generation.dead_end
@@ -516,7 +528,7 @@ class Router:
                 grammar = self._fallback_grammar(fallback, NO_TOOL in grammar.names)
                 generation = self._generate(
                     slot, tokens, cached, grammar, min(budget, grammar.max_tokens),
-                    self.copy_rule.tracker(request), generation.probabilities,
+                    self.copy_rule.tracker(request), generation.probabilities, cancelled=cancelled,
                 )  # fmt: skip
         return self._result(generation, grammar, tokens, cached, start, no_span)
 
@@ -661,8 +673,9 @@ class Router:
                 context.seq_cp(PREFIX_SEQ, WORK_SEQ, 0, cached)
             try:
                 decoded = decode_answer(
-                    context, self.vocabulary, tokens[cached:], cached, WORK_SEQ, cap, end_of_turn
-                )
+                    context, self.vocabulary, tokens[cached:], cached, WORK_SEQ, cap, end_of_turn,
+                    wait.cancelled if wait is not None else None,
+                )  # fmt: skip
             finally:
                 context.seq_rm(WORK_SEQ)  # the prefix stays as it was
         return AnswerResult(
@@ -713,10 +726,13 @@ class Router:
         budget: int,
         copy: CopyTracker | None = None,
         scored: dict[str, float] | None = None,
+        *,
+        cancelled: threading.Event | None = None,
     ) -> _Generation:
         """Greedy decoding under the grammar (and, with `copy`, the copy rule). `scored`: the
         names' probabilities already read at the decision point (a decoding again after a
-        copy-rule dead end keeps the first decoding's)."""
+        copy-rule dead end keeps the first decoding's). `cancelled` set (the client went away):
+        `WaitCancelledError` before the next model step."""
         context, vocabulary = slot.context, self.vocabulary
         pieces = vocabulary.pieces
         branch_seqs = list(range(FIRST_BRANCH_SEQ, self._n_seq_max))
@@ -778,6 +794,8 @@ class Router:
                 allowed, may_end = matcher.probe(vocabulary)
                 if not allowed:
                     break  # the grammar is complete (or, impossibly, stuck): nothing to decode
+                if cancelled is not None and cancelled.is_set():
+                    raise WaitCancelledError("the request was withdrawn while it was decoded")
                 if len(produced) >= budget:
                     truncated = True
                     break

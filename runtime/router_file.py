@@ -3,9 +3,10 @@
 One file is the whole router: the catalogue (and its hash), the prompt mode and the exact system
 prompt the model was trained with, the GBNF grammar, the chat template, the base's identity, the
 training manifest's hash, the copied arguments (format 2), whether it learned the answer step
-(format 3: `answer_rows`) and, once an evaluation picked them, the
-thresholds (the name-probability `min_confidence`; format 2: the call-score and no_tool ones). Every value
-is a GGUF string so that llama.cpp (`Llama.metadata`) reads it without the `gguf` package.
+(format 3: `answer_rows`), once an evaluation picked them, the thresholds (the name-probability
+`min_confidence`; format 2: the call-score and no_tool ones) and (format 4) `metadata_sha256`, a
+digest of every other `toolroute.*` value. Every value is a GGUF string so that llama.cpp
+(`Llama.metadata`) reads it without the `gguf` package.
 
 A router file may come from anyone, so nothing in it is trusted as is (`RouterMetadata.from_kv`):
 every field has a size cap; the grammar toolroute decodes with is regenerated from the catalogue
@@ -15,7 +16,10 @@ parentheses crashed it), and a file exported before a change to the grammar gene
 `toolroute inspect` say whether it is the current one); the chat templates (`toolroute.chat_template` and the
 `tokenizer.chat_template*` that llama-cpp-python compiles on load) must compile in the bounded
 sandbox and hold no constant expression Jinja would evaluate unbounded while compiling.
-`read_router_file` does all this from the file's header, before llama.cpp opens the file.
+`read_router_file` does all this from the file's header, before llama.cpp opens the file. The
+digest makes a damaged value (a flipped byte in the system prompt, the base's identity, a threshold)
+a refused file rather than a router that silently behaves differently; like the catalogue's hash,
+it detects damage, not tampering: whoever can edit the file can recompute it.
 
 Versioning: `RouterMetadata` is the one definition of the fields and `FORMAT_VERSION` their
 version. A later field comes with a default and a bumped version; a file of an older version
@@ -25,6 +29,7 @@ loads with the defaults, a file of a newer version is refused with a clear messa
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +47,9 @@ from .thresholds import CallThreshold, NoToolThreshold
 
 # 1: the first format. 2: `copied_arguments`, `call_threshold`, `no_tool_threshold` (all optional).
 # 3: `answer_rows` (optional: absent, the router learned no answer step).
-FORMAT_VERSION = 3
+# 4: `metadata_sha256` (required from 4 on): the digest of all the other `toolroute.*` values.
+FORMAT_VERSION = 4
+DIGESTED_FROM = 4  # the first format whose files must carry `metadata_sha256`
 PREFIX = "toolroute."
 TEMPLATE_KEY = "tokenizer.chat_template"  # llama-cpp-python also compiles every `TEMPLATE_KEY.*`
 
@@ -85,6 +92,8 @@ class RouterMetadata(BaseModel):
     # Format 3. How many answer-step rows (a tool's output and the reply to it) training had, as a
     # decimal; absent or "0": the router never learned to answer, and `Router.answer` refuses.
     answer_rows: _Small | None = None
+    # Format 4. `metadata_digest` of every other field as written; `to_kv` computes it.
+    metadata_sha256: _Small | None = None
 
     @classmethod
     def build(
@@ -123,7 +132,13 @@ class RouterMetadata(BaseModel):
         )
 
     def to_kv(self) -> dict[str, str]:
-        return {PREFIX + key: str(value) for key, value in self.model_dump(exclude_none=True).items()}
+        """The GGUF key-values; from format 4 on with the digest of the others, computed here
+        (any stored `metadata_sha256` is stale once a field changed, so it is never copied)."""
+        values = self.model_dump(exclude_none=True, exclude={"metadata_sha256"})
+        kv = {PREFIX + key: str(value) for key, value in values.items()}
+        if self.format_version >= DIGESTED_FROM:
+            kv[PREFIX + "metadata_sha256"] = metadata_digest(kv)
+        return kv
 
     @classmethod
     def from_kv(cls, kv: dict[str, Any], where: str = "router file") -> RouterMetadata:
@@ -163,6 +178,15 @@ class RouterMetadata(BaseModel):
         return NoToolThreshold.model_validate_json(self.no_tool_threshold)
 
 
+def metadata_digest(kv: dict[str, str]) -> str:
+    """The SHA-256 of a router's `toolroute.*` values but `metadata_sha256` (canonical JSON: keys
+    sorted, UTF-8), the one definition the writer and the reader share."""
+    digested = {key: value for key, value in kv.items() if key.startswith(PREFIX)}
+    digested.pop(PREFIX + "metadata_sha256", None)
+    text = json.dumps(digested, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class RouterFile:
     """A router file's checked metadata, its catalogue, and all of the header's scalar key-values."""
@@ -190,7 +214,8 @@ def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
     fields = {key.removeprefix(PREFIX): str(value) for key, value in kv.items() if key.startswith(PREFIX)}
     if not fields:
         raise RouterFileError(f"{where}: no toolroute.* metadata: not a router exported by toolroute")
-    version = fields.get("format_version", str(FORMAT_VERSION))
+    # A file without the field predates it: the first format (toolroute has always written it).
+    version = fields.get("format_version", "1")
     if not (version.isascii() and version.isdigit() and len(version) <= 6):
         raise RouterFileError(f"{where}: {PREFIX}format_version {version[:20]!r} is not a version number")
     if int(version) > FORMAT_VERSION:
@@ -199,7 +224,7 @@ def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
             f"{FORMAT_VERSION}); upgrade toolroute"
         )
     try:
-        metadata = RouterMetadata(**fields)
+        metadata = RouterMetadata(**{**fields, "format_version": version})
     except ValidationError as exc:
         problems = "; ".join(f"{PREFIX}{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise RouterFileError(f"{where}: invalid router metadata: {problems}") from None
@@ -219,6 +244,8 @@ def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
         raise RouterFileError(f"{where}: invalid router metadata: {exc}") from None
     grammar = _regenerated_grammar(metadata, catalogue, where)
     _check_templates(metadata, kv, where)
+    # Last, so that a crafted value meets its own check (and message) above first.
+    _check_digest(metadata, kv, where)
     return RouterFile(
         where,
         metadata.model_copy(update={"grammar": grammar}),
@@ -226,6 +253,21 @@ def validate_router_kv(kv: dict[str, Any], where: str) -> RouterFile:
         {key: str(value) for key, value in kv.items()},
         embedded_grammar_matches=metadata.grammar == grammar,
     )
+
+
+def _check_digest(metadata: RouterMetadata, kv: dict[str, Any], where: str) -> None:
+    if metadata.format_version < DIGESTED_FROM:
+        return
+    if metadata.metadata_sha256 is None:
+        raise RouterFileError(
+            f"{where}: router format {metadata.format_version} lacks {PREFIX}metadata_sha256 "
+            "(file damaged or edited)"
+        )
+    written = {key: str(value) for key, value in kv.items() if key.startswith(PREFIX)}
+    if metadata_digest(written) != metadata.metadata_sha256:
+        raise RouterFileError(
+            f"{where}: the {PREFIX}* metadata does not match {PREFIX}metadata_sha256 (file damaged or edited)"
+        )
 
 
 def _check_small_fields(metadata: RouterMetadata, where: str) -> None:

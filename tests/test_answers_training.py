@@ -23,6 +23,7 @@ from trl import SFTTrainer  # noqa: E402
 
 from toolroute.cli import main  # noqa: E402
 from toolroute.grammars import load_catalogue  # noqa: E402
+from toolroute.runtime.router_file import FORMAT_VERSION  # noqa: E402
 from toolroute.train.bases import Base  # noqa: E402
 from toolroute.train.check import check_data  # noqa: E402
 from toolroute.train.config import TrainConfig  # noqa: E402
@@ -146,7 +147,7 @@ def test_the_run_records_its_answer_rows_and_export_embeds_them(tiny_base, data,
     assert manifest.answer_rows == expected == manifest.data["train"].answers
     assert manifest.data["train"].used == 16
     metadata = router_metadata(manifest, "0" * 64, GrammarOptions())
-    assert metadata.trained_answers == expected and metadata.format_version == 3
+    assert metadata.trained_answers == expected and metadata.format_version == FORMAT_VERSION
     routing_only = train(_config(tiny_base, plain, tmp_path, name="plain", max_steps=1))
     assert routing_only.answer_rows == 0 and routing_only.data["train"].answers == 0
     assert router_metadata(routing_only, "0" * 64, GrammarOptions()).answer_rows is None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from toolroute.cli import main as cli_main
 from toolroute.grammars import Catalogue, Copied, CopiedArgument
+from toolroute.runtime.router_file import FORMAT_VERSION
 from toolroute.train.config import load_config
 from toolroute.train.copied import copied_arguments, decide_copied, parse_overrides
 from toolroute.train.examples import Example, Target
@@ -99,7 +100,7 @@ def test_inspect_lists_the_copied_arguments_and_why(tmp_path_factory, capsys):
     )
     assert cli_main(["inspect", str(path)]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["format_version"] == 3
+    assert shown["format_version"] == FORMAT_VERSION
     assert shown["copied_arguments"] == {
         "track_order.order_id": "declared",
         "request_refund.order_id": "inferred (97.0% of 120 training values are spans)",

@@ -32,6 +32,7 @@ from toolroute.runtime.router_file import (
     MAX_SYSTEM_PROMPT,
     RouterFileError,
     RouterMetadata,
+    metadata_digest,
     read_router_file,
     validate_router_kv,
 )
@@ -198,12 +199,31 @@ def test_metadata_of_today_and_older_versions_loads_and_newer_is_refused(tmp_pat
     today = read_router_file(runtime_support.tiny_router_file(tmp_path_factory))
     assert today.metadata.format_version == FORMAT_VERSION and today.catalogue.names[0] == "track_order"
     kv = {key: value for key, value in today.kv.items() if key != "toolroute.format_version"}
-    assert RouterMetadata.from_kv(kv).format_version == FORMAT_VERSION  # written before the field existed
+    assert RouterMetadata.from_kv(kv).format_version == 1  # written before the field existed: format 1
     newer = str(FORMAT_VERSION + 1)
     with pytest.raises(RouterFileError, match=f"router format {newer} is newer than this toolroute"):
         RouterMetadata.from_kv({**kv, "toolroute.format_version": newer, "toolroute.later_field": "x"})
     with pytest.raises(RouterFileError, match="is not a version number"):
         RouterMetadata.from_kv({**kv, "toolroute.format_version": "9" * 5000})
+
+
+def test_format_4_files_carry_a_digest_of_every_field_and_older_ones_load_without(tmp_path_factory):
+    today = read_router_file(runtime_support.tiny_router_file(tmp_path_factory))
+    kv = dict(today.kv)
+    assert kv["toolroute.metadata_sha256"] == metadata_digest(kv)
+    undigested = {key: value for key, value in kv.items() if key != "toolroute.metadata_sha256"}
+    with pytest.raises(RouterFileError, match=r"router format 4 lacks toolroute\.metadata_sha256"):
+        validate_router_kv(undigested, "crafted")
+    edited = {**kv, "toolroute.system_prompt": kv["toolroute.system_prompt"] + " "}
+    with pytest.raises(RouterFileError, match=r"does not match toolroute\.metadata_sha256"):
+        validate_router_kv(edited, "crafted")
+    # A format-3 file (written before the digest existed) loads as it was written.
+    older = validate_router_kv({**undigested, "toolroute.format_version": "3"}, "format-3")
+    assert older.metadata.format_version == 3 and older.metadata.metadata_sha256 is None
+    # Rewriting (as `toolroute eval --pick-threshold` does) recomputes the digest, never copies it.
+    rewritten = today.metadata.model_copy(update={"min_confidence": "0.5"}).to_kv()
+    digest = rewritten["toolroute.metadata_sha256"]
+    assert digest == metadata_digest(rewritten) != kv["toolroute.metadata_sha256"]
 
 
 def test_a_truncated_or_foreign_file_is_a_router_file_error(tmp_path_factory, tmp_path):

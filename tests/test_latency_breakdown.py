@@ -21,7 +21,13 @@ from toolroute.bench.latency_breakdown import (
     parse_config,
     run_catalogue,
 )
-from toolroute.bench.latency_report import BreakdownResults, request_counts, summarise, write_results
+from toolroute.bench.latency_report import (
+    BreakdownResults,
+    ConfigRun,
+    request_counts,
+    summarise,
+    write_results,
+)
 from toolroute.bench.latency_seams import (
     CALL_SCORE,
     CATEGORIES,
@@ -33,8 +39,10 @@ from toolroute.bench.latency_seams import (
     MODEL_BATCH,
     OVERHEAD,
     PICK,
+    PREPARE,
     PROMPT,
     Profiler,
+    RequestBreakdown,
     Seam,
     SeamMissingError,
     SeamNotReachedError,
@@ -233,6 +241,26 @@ def test_run_catalogue_compares_configurations_and_writes_the_report(tiny_path, 
     table = (tmp_path / "BREAKDOWN.md").read_text()
     assert "on: median ms" in table and "off: median ms" in table and "grammar masks" in table
     assert (tmp_path / "breakdown.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_median_of_the_report_is_the_nearest_rank_p50():
+    """A median beside a p50 in the same table is one statistic (`metrics.percentile`): of two
+    requests it is the first's value, never the mean of the two (which no request had)."""
+    rows = [
+        RequestBreakdown(
+            total_ms=ms + 1.0, ms={DECODE: ms, OVERHEAD: 1.0}, seams={}, counters={}, prompt_tokens=tokens
+        )
+        for ms, tokens in ((30.0, 8), (10.0, 4))
+    ]
+    plain = [31.0, 11.0]
+    run = ConfigRun(
+        label="x", options={}, load_s=0.0, required=[], plain_ms=plain, plain_wall_ms=plain, same_output=2,
+        requests=rows,
+    )  # fmt: skip
+    summary = summarise(run)
+    assert summary.categories[DECODE].median_ms == 10.0  # statistics.median: 20
+    assert summary.medians["prompt_tokens"] == 4 and summary.categories[PREPARE].count == 4  # not 6
+    assert summary.timed_p50_ms == summary.plain_p50_ms == 11.0
 
 
 def test_config_options_parse_as_json_else_text():

@@ -222,3 +222,39 @@ def _post(url: str, payload: Any) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def test_a_request_withdrawn_while_it_is_decoded_stops_at_the_next_step(tmp_path_factory, monkeypatch):
+    """A client that goes away mid-decode costs at most one more model step, routing or answering."""
+    from toolroute.runtime import decoding
+
+    path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-answers-cancel.gguf", answer_rows="12")
+    extend = decoding.Context.extend
+    steps: list[int] = []
+    cancelled = threading.Event()
+
+    def counting(self, tokens, seq, position, *args, **kwargs):
+        steps.append(len(tokens))
+        if len(steps) == 2:
+            cancelled.set()  # the client leaves after the model's second step
+        return extend(self, tokens, seq, position, *args, **kwargs)
+
+    with Router.load(path, n_threads=1, draft_values=False) as router:
+        call = router.route("where is ORD-12345 and ORD-9 please, it is late again", no_tool=False)
+        assert call.kind == "call"
+        monkeypatch.setattr(decoding.Context, "extend", counting)
+        with pytest.raises(WaitCancelledError, match="while it was decoded"):
+            router.route("where is ORD-12345 and ORD-9 please", wait=WaitLimits(cancelled=cancelled))
+        assert len(steps) == 2
+        steps.clear()
+        cancelled.clear()
+        with pytest.raises(WaitCancelledError, match="while its answer was decoded"):
+            router.answer(
+                "where is ORD-12345", call.call, {"status": "shipped"}, max_tokens=64,
+                wait=WaitLimits(cancelled=cancelled),
+            )  # fmt: skip
+        assert len(steps) == 2
+        # The context is free again and routes as before.
+        monkeypatch.undo()
+        again = router.route("where is ORD-12345 and ORD-9 please, it is late again", no_tool=False)
+        assert again.call == call.call

@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 from runtime_support import tiny_router_file
 
+from support import CUSTOMER_SUPPORT_TOOLS, ROOT
+from toolroute.grammars import GrammarOptions, load_catalogue, output_json_schema, render_system_prompt
+
 pytestmark = pytest.mark.runtime_install
 
 FORBIDDEN = ("torch", "transformers", "trl", "peft", "tqdm", "gguf", "outlines", "matplotlib", "datasets")
@@ -87,6 +90,21 @@ def test_help_route_and_inspect(guarded, tmp_path_factory):
         guarded("inspect", str(router)), capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(inspected.stdout)["tools"] == ["track_order", "request_refund", "escalate"]
+
+
+def test_grammar_prompt_and_schema(guarded):
+    """The catalogue commands the runtime install documents, each against what the full install
+    makes of the same catalogue (the grammar: the committed golden file `make goldens` writes)."""
+    tools = str(CUSTOMER_SUPPORT_TOOLS)
+    catalogue = load_catalogue(tools)
+
+    def run(*args: str) -> str:
+        return subprocess.run(guarded(*args), capture_output=True, text=True, timeout=60, check=True).stdout
+
+    golden = (ROOT / "grammars" / "golden" / "customer_support.gbnf").read_text(encoding="utf-8")
+    assert run("grammar", tools) == golden
+    assert run("prompt", tools, "--mode", "compact") == render_system_prompt(catalogue, "compact") + "\n"
+    assert json.loads(run("schema", tools)) == output_json_schema(catalogue, GrammarOptions())
 
 
 @pytest.mark.parametrize(
