@@ -138,7 +138,8 @@ def run_catalogue(spec: WorkerSpec, about: str) -> CatalogueRun:
     for config in spec.configs:
         _check_options(config)
         started = time.perf_counter()
-        router = Router.load(spec.router, n_threads=spec.threads, **config.options)
+        # A configuration may set its own `n_threads` (threads measured on and off in one run).
+        router = Router.load(spec.router, **{"n_threads": spec.threads, **config.options})
         load_s = time.perf_counter() - started
         for example in examples[:WARMUP]:
             router.route(example.request, list(example.history) or None, **config.route_options)
