@@ -46,7 +46,7 @@ from typing import Any
 from toolroute.bench.metrics import percentile
 from toolroute.bench.router_files import embed_catalogue, has_router_metadata, untuned_router
 from toolroute.grammars import load_catalogue
-from toolroute.runtime.resources import peak_rss_mb
+from toolroute.runtime.resources import peak_rss_mb, physical_cores
 from toolroute.train.formats import read_valid_examples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("router", nargs="?", help="a router GGUF (default: the untuned customer-support one)")
     parser.add_argument("--quant-files", nargs="*", default=[], help="more GGUF files to compare")
     parser.add_argument("--limit", type=int, help="only the first N eval requests")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
+    parser.add_argument("--threads", type=int, default=physical_cores(), help="(default: the physical cores)")
     parser.add_argument("--prompt-mode", default="compact", help="for files built here (default compact)")
     parser.add_argument("--contexts", action="store_true", help="also measure 1 vs 2 contexts, 4 clients")
     parser.add_argument("--configs", nargs="*", choices=list(CONFIGS), help="a subset of the configurations")

@@ -83,7 +83,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--dist", default="dist", help="where router files are exported or reused (dist)")
     bench.add_argument("--out", help="results directory (default results/RUN_NAME)")
     bench.add_argument("--limit", type=int, help="N requests spread evenly over the data")
-    bench.add_argument("--threads", type=int, help="llama.cpp threads (default: half the cores)")
+    bench.add_argument("--threads", type=int, help="llama.cpp threads (default: the physical cores)")
     bench.add_argument(
         "--no-references", action="store_true", help="skip the untuned-base, naive and classical rows"
     )

@@ -42,8 +42,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--min-span-mass",
         type=float,
         default=None,
-        help="leave an optional copied argument out when the model, opening it, gives the request's "
-        "spans less probability than this (default: the runtime's)",
+        help="leave an optional copied argument out when, at some step of its value, the model gives "
+        "what the copy rule allows less probability than this (default: the runtime's)",
     )
     parser.add_argument(
         "--max-risk",
@@ -53,6 +53,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, help="N examples spread evenly over the file")
     parser.add_argument("--out", help="report directory (default: beside the model)")
-    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: half the cores)")
+    parser.add_argument("--threads", type=int, help="CPU threads for llama.cpp (default: the physical cores)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     parser.set_defaults(handler=_eval)

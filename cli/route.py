@@ -102,7 +102,7 @@ def _add_router_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-confidence", type=float, help="hold back calls below this probability (default: the file's)"
     )
-    parser.add_argument("--threads", type=int, help="CPU threads per context (default: half the cores)")
+    parser.add_argument("--threads", type=int, help="CPU threads per context (default: the physical cores)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     parser.add_argument(
         "--no-copy-rule",
@@ -113,8 +113,8 @@ def _add_router_options(parser: argparse.ArgumentParser) -> None:
         "--min-span-mass",
         type=float,
         default=None,
-        help="leave an optional copied argument out when the model, opening it, gives the request's "
-        "spans less probability than this (default: the runtime's)",
+        help="leave an optional copied argument out when, at some step of its value, the model gives "
+        "what the copy rule allows less probability than this (default: the runtime's)",
     )
 
 

@@ -209,16 +209,17 @@ class CopyTracker:
         return (self.tool, path) if self.tool and path else None
 
     def gives_up(self, span_mass: float) -> bool:
-        """At the opening of an optional copied value, with `span_mass` the model's probability
-        of the tokens that start a span of the request: whether to leave the argument out
-        instead (the router decodes again without it, as at a dead end). A model that opens an
-        optional argument the request has no value for puts its mass on a value it would invent
-        (an order id in a request that has none); the rule would then force some unrelated span.
+        """Inside an optional copied value, with `span_mass` the model's probability of the
+        tokens the rule allows next (extending a span of the request, or closing it): whether to
+        leave the argument out instead (the router decodes again without it, as at a dead end).
+        A model that opens an optional argument the request has no value for wants a value it
+        would invent (an order id in a request that has none): the rule would then force some
+        unrelated span ("kenji", "10" of "10 days ago"), while the model's own mass sits
+        elsewhere, at the opening or where the span ends short of what it wanted.
         """
         cursor = self.cursor
         return (
             cursor is not None
-            and cursor.written == 0
             and span_mass < self.min_span_mass
             and self.tool is not None
             and cursor.path in self._optional.get(self.tool, ())

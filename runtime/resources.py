@@ -1,7 +1,9 @@
-"""What this process has used: its peak resident memory (the one definition train and bench read)."""
+"""What this process has and has used: the CPU cores it may run on, its peak resident memory (the one
+definition of each that the runtime, train and bench read)."""
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -17,3 +19,18 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def physical_cores() -> int:
+    """The physical cores among the CPUs this process may run on (its affinity: a container's or
+    `taskset`'s share, not the machine's): SMT siblings count once, read from Linux's CPU topology.
+    Where the topology is not readable, half the CPUs (llama-cpp-python's guess: SMT machines)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cores = set()
+    for cpu in cpus:
+        try:
+            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text()
+        except OSError:
+            return max(1, len(cpus) // 2)
+        cores.add(siblings.strip())
+    return max(1, len(cores))

@@ -104,6 +104,7 @@ from .drafting import Lookahead, request_draft
 from .grammar_engine import GrammarLoadError, Utf8Tracker
 from .lru import LruCache
 from .prompt_tokens import PromptTokenizer, common_prefix
+from .resources import physical_cores
 from .results import (
     AnswerResult,
     AnswersNotTrainedError,
@@ -133,18 +134,24 @@ N_BATCH = 512
 # Grammars (and, per context, parsed llama.cpp matchers) kept for distinct `tools` subsets: a
 # client choosing subsets must not grow the process without bound; one more is rebuilt in milliseconds.
 MAX_CACHED_GRAMMARS = 32
-# An optional copied argument the model opens while giving the request's spans less probability
-# than this is left out (see `CopyTracker.gives_up`). 0 until picked on validation rows.
-DEFAULT_MIN_SPAN_MASS = 0.0
+# An optional copied argument is left out when, at some step of its value, the model gives what
+# the copy rule allows less probability than this (see `CopyTracker.gives_up`). 0: never. Picked
+# on the customer-support validation rows (BENCHMARKS.md, "Optional copied arguments"): 0.1 to 0.5
+# all fix the same case and 0.1 is the least that does; the model's mass on the wrong spans it
+# copies is mostly high, so the rule is a guard, not the fix for that error.
+DEFAULT_MIN_SPAN_MASS = 0.1
 
 HistoryItem = Turn | Mapping[str, str]
 
 
 def _default_threads(n_contexts: int) -> int:
-    """llama-cpp-python's default (half the logical CPUs: the physical cores, on SMT machines),
-    shared between the contexts. llama.cpp spin-waits between steps, so more threads than free
-    cores is far slower, not faster (measured: 0.7 s instead of 12 ms a step on a busy 2-core box)."""
-    return max(1, (os.cpu_count() or 2) // 2 // n_contexts)
+    """The physical cores this process may use, shared between the contexts. Measured on this
+    project's 2-core CPU (no SMT), trained customer-support Q4_K_M, idle machine: 2 threads route
+    at p50 143 ms against 226 ms with 1 (BENCHMARKS.md, "Threads"); llama-cpp-python's own default,
+    half the logical CPUs, gave 1 here. Not more than the cores: llama.cpp spin-waits between
+    steps, so threads beyond free cores are far slower (0.7 s instead of 12 ms a step on a busy
+    2-core box); on a machine busy with other work, pass `n_threads` (`--threads`) lower."""
+    return max(1, physical_cores() // n_contexts)
 
 
 @dataclass
@@ -318,8 +325,9 @@ class Router:
         `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
         then empty).
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
-        `min_span_mass`: an optional copied argument is left out when the model, opening it, gives
-        the request's spans less probability than this (`CopyTracker.gives_up`; 0: never).
+        `min_span_mass`: an optional copied argument is left out when, at some step of its value,
+        the model gives what the copy rule allows less probability than this
+        (`CopyTracker.gives_up`; 0: never).
         """
         where = str(path)
         if not Path(path).is_file():

@@ -253,7 +253,7 @@ def test_route_command_turns_the_copy_rule_off_on_request(copy_file, router, cap
     assert [timeless(o) for o in outputs] == [timeless(expected), timeless(expected_plain)]
 
 
-def test_the_tracker_gives_up_only_at_the_opening_of_an_optional_copied_value():
+def test_the_tracker_gives_up_only_inside_an_optional_copied_value():
     field = FieldLimits(1, 12)
     limits = {"escalate": {"order_id": field}, "track_order": {"order_id": field}}
     optional = {"escalate": frozenset({"order_id"})}
@@ -266,7 +266,10 @@ def test_the_tracker_gives_up_only_at_the_opening_of_an_optional_copied_value():
     assert opened("escalate").gives_up(0.05) and not opened("escalate").gives_up(0.2)
     assert not opened("track_order").gives_up(0.0)  # required: a dead end would drop the tool instead
     begun = opened("escalate")
-    assert begun.push(b"O") and not begun.gives_up(0.0)  # the value has begun: no giving up midway
+    assert begun.push(b"O") and begun.gives_up(0.05)  # where the span ends short of what it wanted
+    assert begun.push(b'RD-1"') and not begun.gives_up(0.0)  # the value is closed
+    outside = CopyTracker(RequestText("ORD-1 is late"), limits, optional, min_span_mass=0.1)
+    assert outside.push(b'{"tool":"escalate","arguments":{') and not outside.gives_up(0.0)
     never = CopyTracker(RequestText("ORD-1 is late"), limits, optional)
     assert never.push(b'{"tool":"escalate","arguments":{"order_id":"') and not never.gives_up(0.0)
 
