@@ -146,6 +146,9 @@ INJECTIONS = [
 _BUILT: dict[str, Path] = {}
 
 
+_ASKED: dict[str, str] = {}  # tiny_router_file's names and the metadata each was asked with
+
+
 def cached_file(tmp_path_factory: Any, name: str, build: Callable[[Path], Path]) -> Path:
     """Build a test file once per test session, whichever test module asks first."""
     if name not in _BUILT:
@@ -172,4 +175,9 @@ def tiny_router_file(tmp_path_factory: Any, name: str = "tiny-router.gguf", **me
         fields.update(metadata)
         return build_tiny_base(path, RouterMetadata(**fields))
 
+    # One name, one file per session: two tests asking for one name with different metadata
+    # would otherwise get whichever was built first, depending on the order the tests run in.
+    asked = repr(sorted(metadata.items()))
+    if _ASKED.setdefault(name, asked) != asked:
+        raise ValueError(f"tiny_router_file: {name!r} was already built with other metadata; name it apart")
     return cached_file(tmp_path_factory, name, build)

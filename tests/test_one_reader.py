@@ -96,7 +96,7 @@ def test_router_metadata_is_told_from_the_header(tmp_path_factory, tmp_path, mon
 def test_the_untuned_row_takes_the_routers_checked_metadata_without_llama_cpp(
     tmp_path_factory, tmp_path, monkeypatch
 ):
-    router = runtime_support.tiny_router_file(tmp_path_factory, "tiny-threshold.gguf", min_confidence="0.5")
+    router = runtime_support.tiny_router_file(tmp_path_factory, "tiny-half.gguf", min_confidence="0.5")
     base = runtime_support.tiny_base_file(tmp_path_factory)
     run = _run(tmp_path / "run", base, _rows(tmp_path / "train.jsonl", 2))
     _forbid_llama(monkeypatch)
