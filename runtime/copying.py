@@ -176,7 +176,7 @@ class CopyTracker:
         self._text = request
         self._copied = copied
         # {tool: copied argument paths a call may leave out}, and the least probability the
-        # model must give to starting some span of the request before one of those is written
+        # model must give, at each step of one of those values, to what the rule allows there
         # (`gives_up`); 0 never gives up.
         self._optional = optional or {}
         self.min_span_mass = min_span_mass
