@@ -65,7 +65,8 @@ class Recipe(BaseModel):
 # The recipe-governed fields: what `recipe` decides when they are not given.
 RECIPE_FIELDS = (
     "mode", "learning_rate", "epochs", "batch_size", "grad_accum", "fast_steps", "shared_prefix",
-    "decision_loss", "lora.r", "lora.alpha", "lora.dropout", "lora.targets", "lora.top_layers",
+    "decision_loss", "eval_each_epoch", "lora.r", "lora.alpha", "lora.dropout", "lora.targets",
+    "lora.top_layers",
 )  # fmt: skip
 
 
@@ -104,7 +105,7 @@ RECIPES: dict[str, Recipe] = {
     "gpu": Recipe(
         name="gpu",
         why="a CUDA device: the GPU recipe (compact prompt, LoRA on every layer, lr 2e-4, more epochs)",
-        values=_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None),
+        values=_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True),
         budget_minutes=30.0,
         epochs=(3, 10),
     ),
@@ -113,7 +114,7 @@ RECIPES: dict[str, Recipe] = {
         name="lesson",
         why="the lesson's recipe (q_proj+v_proj LoRA on every layer, compact prompt, lr 2e-4, 3 epochs)",
         values={
-            **_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None),
+            **_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True),
             "lora.targets": ["q_proj", "v_proj"],
             "epochs": 3.0,
         },

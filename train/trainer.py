@@ -152,7 +152,7 @@ def _sft_config(config: TrainConfig, run: RunDir, cuda: bool, evaluate: bool) ->
         lr_scheduler_type=config.scheduler,
         warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
         logging_steps=1,
-        eval_strategy="epoch" if evaluate else "no",
+        eval_strategy="epoch" if evaluate and config.eval_each_epoch else "no",
         save_strategy="epoch",
         save_total_limit=2,
         seed=config.seed,
@@ -290,15 +290,15 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     eval_loss = None
     if evaluate:
-        # The epoch-end evaluation usually ran at the last step already (minutes on a CPU for a
-        # large eval set); evaluate again only when training stopped between epochs.
+        # With `eval_each_epoch` the epoch-end evaluation usually ran at the last step already
+        # (minutes on a CPU for a large eval set); evaluate here when it did not (off, or training
+        # stopped between epochs).
         step = trainer.state.global_step
         last = next((row for row in reversed(losses) if row.get("eval_loss") is not None), None)
         if last is not None and last.get("step") == step:
             eval_loss = float(last["eval_loss"])
-        else:
+        else:  # the loss logger records it (`evaluate` logs through `on_log`)
             eval_loss = trainer.evaluate()["eval_loss"]
-            losses.append({"step": step, "epoch": trainer.state.epoch, "eval_loss": eval_loss})
     if not trainer.is_world_process_zero():
         return None
 
