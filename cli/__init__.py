@@ -44,6 +44,23 @@ def require_extra(extra: str) -> None:
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
 
 
+def add_copy_rule_flags(parser: argparse.ArgumentParser) -> None:
+    """`--no-copy-rule` and `--min-span-mass`: how a loaded router holds copied arguments to the
+    request (`route`, `serve` and `eval` take the same two)."""
+    parser.add_argument(
+        "--no-copy-rule",
+        action="store_true",
+        help="decode with the grammar alone: copied arguments are not held to spans of the request",
+    )
+    parser.add_argument(
+        "--min-span-mass",
+        type=float,
+        default=None,
+        help="leave an optional copied argument out when, at some step of its value, the model gives "
+        "what the copy rule allows less probability than this (default: the runtime's)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolroute",

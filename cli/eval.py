@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from toolroute.cli import add_copy_rule_flags
+
 
 def _eval(args: argparse.Namespace) -> int:
     # The bench stage is imported here, not when the parser is built (every command builds it).
@@ -33,18 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="pick on these (validation) rows the abstention rule and the call score and threshold that "
         "keep silent errors <= --max-risk, and write them into the GGUF",
     )
-    parser.add_argument(
-        "--no-copy-rule",
-        action="store_true",
-        help="decode with the grammar alone: copied arguments are not held to spans of the request",
-    )
-    parser.add_argument(
-        "--min-span-mass",
-        type=float,
-        default=None,
-        help="leave an optional copied argument out when, at some step of its value, the model gives "
-        "what the copy rule allows less probability than this (default: the runtime's)",
-    )
+    add_copy_rule_flags(parser)
     parser.add_argument(
         "--max-risk",
         type=float,

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from toolroute.cli import add_copy_rule_flags
 from toolroute.runtime.results import RouteInputError, RouteResult
 
 API_KEY_ENV = "TOOLROUTE_API_KEY"
@@ -104,18 +105,7 @@ def _add_router_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, help="CPU threads per context (default: the physical cores)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
-    parser.add_argument(
-        "--no-copy-rule",
-        action="store_true",
-        help="decode with the grammar alone: copied arguments are not held to spans of the request",
-    )
-    parser.add_argument(
-        "--min-span-mass",
-        type=float,
-        default=None,
-        help="leave an optional copied argument out when, at some step of its value, the model gives "
-        "what the copy rule allows less probability than this (default: the runtime's)",
-    )
+    add_copy_rule_flags(parser)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
