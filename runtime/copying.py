@@ -217,10 +217,16 @@ class CopyTracker:
         unrelated span ("kenji", "10" of "10 days ago"), while the model's own mass sits
         elsewhere, at the opening or where the span ends short of what it wanted.
         """
+        return self.guarded and span_mass < self.min_span_mass
+
+    @property
+    def guarded(self) -> bool:
+        """Inside an optional copied value, with a cut-off set: where `gives_up` can say yes, so
+        the only steps whose span mass (a softmax over the whole vocabulary) is worth computing."""
         cursor = self.cursor
         return (
-            cursor is not None
-            and span_mass < self.min_span_mass
+            self.min_span_mass > 0.0
+            and cursor is not None
             and self.tool is not None
             and cursor.path in self._optional.get(self.tool, ())
         )

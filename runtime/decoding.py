@@ -200,7 +200,7 @@ def pick_greedy(
         ids, values = allowed_tokens(matcher, utf8, vocabulary, logits, candidates, copy)
         if not len(ids):
             raise DecodeError("no token extends a span of the request here (dead end)")
-        if copy.min_span_mass and copy.gives_up(span_mass(logits, values)):
+        if copy.guarded and copy.gives_up(span_mass(logits, values)):
             raise DecodeError("the model gives what the copy rule allows too little probability here")
         return int(ids[int(np.argmax(values))])
     top = np.argpartition(-logits, TOP_K[-1])[: TOP_K[-1]]
