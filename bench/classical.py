@@ -39,11 +39,11 @@ from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.resources import peak_rss_mb
 from toolroute.train.examples import Example
 from toolroute.train.formats import read_valid_examples
+from toolroute.train.split import per_label
 
 from .evaluate import gold_of, spread
 from .measure import Measurement
 from .metrics import Prediction, evaluate_predictions
-from .small_data import per_label
 
 ENGINE = "classical: TF-IDF + logistic regression (tool), CRF (span arguments)"
 WARMUP = 2

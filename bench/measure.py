@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.resources import peak_rss_mb
 
+from .answer_metrics import AnswerReport
 from .metrics import EvalReport, Prediction, evaluate_predictions
 
 WARMUP = 2
@@ -45,6 +46,9 @@ class Measurement(BaseModel):
     latency_ms_p95: float | None
     output_tokens_per_s: float | None  # output tokens over routing time, prompt included
     report: EvalReport
+    # The answer step on the data's follow-ups (the `router` runner, a router trained with answers
+    # and data that has them; else None): the same scores `toolroute eval` reports.
+    answers: AnswerReport | None = None
 
 
 class NaiveCompletion(NamedTuple):
@@ -134,10 +138,11 @@ def _naive_predictions(path: Path, examples: list[Any], threads: int) -> tuple[l
 
 
 def _router_predictions(
-    path: Path, examples: list[Any], threads: int, options: dict[str, Any]
-) -> tuple[list[Prediction], float, Any]:
+    path: Path, examples: list[Any], threads: int, options: dict[str, Any], answers: bool
+) -> tuple[list[Prediction], float, Any, AnswerReport | None]:
     from toolroute.runtime.router import Router
 
+    from .answer_eval import answer_router
     from .evaluate import prediction_of
 
     started = time.perf_counter()
@@ -149,9 +154,11 @@ def _router_predictions(
         prediction_of(router.route(example.request, list(example.history) or None))
         for example in _progress(examples, f"router {path.name}")
     ]
+    # After routing, so that peak RSS and the route latencies are those of routing alone first.
+    answer_report = answer_router(router, examples) if answers else None
     catalogue = router.catalogue
     router.close()
-    return predictions, load_s, catalogue
+    return predictions, load_s, catalogue, answer_report
 
 
 RUNNERS = {"router": {}, "router-no-prefix-cache": {"cache_prefix": False}, "naive": None}
@@ -166,10 +173,15 @@ def measure(path: Path, data: Path, runner: str, limit: int | None, threads: int
     threads = threads or _default_threads(1)
     examples = spread(read_valid_examples(data, _embedded_catalogue(path)).examples, limit)
     options = RUNNERS[runner]
+    answers = None
     if options is None:
         predictions, load_s, catalogue = _naive_predictions(path, examples, threads)
     else:
-        predictions, load_s, catalogue = _router_predictions(path, examples, threads, options)
+        # Answers once per file: the no-prefix-cache reference row routes the same file again.
+        with_answers = runner == "router"
+        predictions, load_s, catalogue, answers = _router_predictions(
+            path, examples, threads, options, with_answers
+        )
     report = evaluate_predictions([gold_of(e) for e in examples], predictions, catalogue)
     latencies = [p.latency_ms for p in predictions if p.latency_ms is not None]
     outputs = sum(p.completion_tokens or 0 for p in predictions)
@@ -185,6 +197,7 @@ def measure(path: Path, data: Path, runner: str, limit: int | None, threads: int
         latency_ms_p95=report.latency_ms_p95,
         output_tokens_per_s=round(outputs / (sum(latencies) / 1000.0), 1) if latencies and outputs else None,
         report=report,
+        answers=answers,
     )
 
 

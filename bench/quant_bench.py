@@ -156,7 +156,10 @@ def untuned_base_of_run(run: RunDir, like: Path, work: Path) -> Path:
 
     # Read from the header and checked before llama.cpp opens anything (a RouterFileError is a
     # ValueError: the caller reports the row as not measured).
-    metadata = read_router_file(like).metadata.model_copy(update={"min_confidence": None})
+    # No answer rows either: the base was never trained on the answer step, so the row refuses to
+    # answer (as `Router.answer` does for such a file) rather than scoring untrained text.
+    untrained = {"min_confidence": None, "answer_rows": None}
+    metadata = read_router_file(like).metadata.model_copy(update=untrained)
     return write_router_gguf(base_file, work / "untuned-base.gguf", metadata)
 
 
@@ -331,6 +334,33 @@ def markdown_table(rows: Sequence[BenchRow], recommended: str | None = None) -> 
     return lines
 
 
+def answers_table(rows: Sequence[BenchRow]) -> list[str]:
+    """The answer step per row (the levels of a router trained with answers, on data with
+    follow-ups); no lines when no row answered."""
+    answered = [row for row in rows if row.measurement and row.measurement.answers]
+    if not answered:
+        return []
+    lines = [
+        "Answers to tool results, each generated from the gold call and the data's tool output "
+        "(faithful: every id, number and quoted value in the answer is in the tool output or the "
+        "request; coverage: the share of the gold answer's ids and numbers the answer states):",
+        "",
+        "| row | follow-ups | faithful | coverage | ROUGE-L | cut at cap | answer p50 ms | answer p95 ms "
+        "| route p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in answered:
+        assert row.measurement is not None and row.measurement.answers is not None
+        a = row.measurement.answers
+        lines.append(
+            f"| {row.label} | {a.rows} | {_pct(a.faithful_rate)} ({a.faithful}/{a.rows}) | "
+            f"{_pct(a.coverage_mean)} | {_num(a.rouge_l_mean)} | {a.cut_at_cap} | "
+            f"{_num(a.latency_ms_p50, 0)} | {_num(a.latency_ms_p95, 0)} | "
+            f"{_num(row.measurement.latency_ms_p50, 0)} |"
+        )
+    return ["", *lines]
+
+
 def markdown(results: BenchResults) -> str:
     lines = [
         f"# Quantization benchmark: `{results.run}`",
@@ -350,6 +380,7 @@ def markdown(results: BenchResults) -> str:
         "arg acc = argument-match accuracy on valid calls to the gold tool; false calls = tool called "
         "when the gold is no_tool; silent errors = valid call to the wrong tool or with wrong "
         "arguments (share of all requests); slot F1 over (tool, argument, value); exact = whole call right.",
+        *answers_table(results.rows),
     ]
     return "\n".join(lines) + "\n"
 

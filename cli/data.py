@@ -1,4 +1,4 @@
-"""`toolroute data ...`: check, split, render and import training data (no torch needed).
+"""`toolroute data ...`: check, split, sample, render and import training data (no torch needed).
 
 The train stage is imported by each handler when it runs, never when the parser is built: every
 `toolroute` command builds the whole parser, `route` and `serve` included.
@@ -48,6 +48,21 @@ def _split(args: argparse.Namespace) -> int:
     for sources, out in ((split.train, args.train_out), (split.eval, args.eval_out)):
         atomic_write_text(out, "".join(result.lines[s] + "\n" for s in sources))
     print(f"train {len(split.train)} -> {args.train_out}; eval {len(split.eval)} -> {args.eval_out}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from toolroute.train.split import label_of, per_label
+
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
+    result = _read_valid(args)
+    chosen = per_label(result.examples, args.per_label, args.seed)
+    # The rows as written (any format), so the sample trains exactly as the full file would.
+    atomic_write_text(args.out, "".join(result.lines[example.source] + "\n" for example in chosen))
+    labels = len({label_of(example) for example in chosen})
+    drawn = f"{labels} labels, at most {args.per_label} each, seed {args.seed}"
+    print(f"{len(chosen)} rows ({drawn}) -> {args.out}")
     return 0
 
 
@@ -137,6 +152,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     split.add_argument("--train-out", required=True)
     split.add_argument("--eval-out", required=True)
     split.set_defaults(handler=_split)
+
+    sample = data_commands.add_parser(
+        "sample", help="small-data training set: K rows per tool (no_tool rows: K per reason)"
+    )
+    _common(sample)
+    sample.add_argument("--per-label", type=int, required=True, help="rows per label (K)")
+    sample.add_argument("--seed", type=int, default=13, help="seed of the draw (13)")
+    sample.add_argument("--out", required=True, help="where the sampled rows go (as written in FILE)")
+    sample.set_defaults(handler=_sample)
 
     sft = data_commands.add_parser("sft", help="prompt/completion rows in the base model's chat template")
     _common(sft)

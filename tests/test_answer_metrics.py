@@ -114,3 +114,26 @@ def test_eval_reports_answers_when_data_and_router_have_them(tmp_path_factory, t
                  "--threads", "1"]) == 0  # fmt: skip
     document = json.loads((tmp_path / "p" / "eval.json").read_text())
     assert document["answers"] is None and "trained without answers" in document["answers_note"]
+
+
+def test_a_bench_row_scores_the_answers_of_a_level_trained_with_them(tmp_path_factory, tmp_path):
+    import runtime_support
+
+    from toolroute.bench.measure import measure
+    from toolroute.bench.quant_bench import BenchRow, answers_table
+
+    data = tmp_path / "eval.jsonl"
+    followups = _followup_data(data)
+    answering = runtime_support.tiny_router_file(tmp_path_factory, "tiny-answers.gguf", answer_rows="12")
+    row = measure(answering, data, "router", limit=None, threads=1)
+    assert row.answers is not None and row.answers.rows == followups > 0
+    assert row.answers.latency_ms_p50 is not None and row.report.latency_ms_p50 is not None
+    # The reference rows of the same file route again but answer no second time; a file trained
+    # without answers has none to score.
+    assert measure(answering, data, "router-no-prefix-cache", limit=2, threads=1).answers is None
+    assert measure(answering, data, "naive", limit=2, threads=1).answers is None
+    plain = measure(runtime_support.tiny_router_file(tmp_path_factory), data, "router", limit=2, threads=1)
+    assert plain.answers is None
+    table = answers_table([BenchRow(label="Q8_0", level="q8_0", measurement=row), BenchRow(label="F16")])
+    assert len(table) == 6 and table[-1].startswith(f"| Q8_0 | {followups} | ")
+    assert answers_table([BenchRow(label="Q8_0", level="q8_0", measurement=plain)]) == []

@@ -11,10 +11,10 @@ from support import ROOT
 pytest.importorskip("sklearn_crfsuite")
 
 from toolroute.bench.classical import ClassicalRouter, bio_tags, run_classical, tagged_spans, tokenize
-from toolroute.bench.small_data import label_of, per_label
 from toolroute.cli import main
 from toolroute.grammars import load_catalogue
 from toolroute.train.formats import read_valid_examples
+from toolroute.train.split import per_label
 
 DATA = ROOT / "examples" / "customer_support"
 TOOLS = str(DATA / "tools.py")
@@ -78,23 +78,6 @@ def test_an_unseen_order_id_is_copied_from_the_request(slice_files):
     # A required argument the schema rejects makes the call no_tool; a rejected optional one is dropped.
     assert router._validated("track_order", {}) is None
     assert router._validated("escalate", {"topic": "legal", "urgency": "whenever"}) == {"topic": "legal"}
-
-
-def test_per_label_draws_k_rows_of_each_label_reproducibly(slice_files):
-    train, _ = slice_files
-    examples = read_valid_examples(train, load_catalogue(TOOLS)).examples
-    drawn = per_label(examples, 3, seed=13)
-    counts: dict[str, int] = {}
-    for example in drawn:
-        counts[label_of(example)] = counts.get(label_of(example), 0) + 1
-    available: dict[str, int] = {}
-    for example in examples:
-        available[label_of(example)] = available.get(label_of(example), 0) + 1
-    assert counts == {label: min(3, n) for label, n in available.items()}
-    assert per_label(examples, 3, seed=13) == drawn
-    assert per_label(examples, 3, seed=14) != drawn
-    with pytest.raises(ValueError, match="k must be at least 1"):
-        per_label(examples, 0, seed=13)
 
 
 def test_bench_classical_command(slice_files, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Training data: the three formats, errors with file and line, the check report, split and SFT rows."""
+"""Training data: the three formats, errors with file and line, the check report, split, sample, SFT rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from toolroute.grammars import NO_TOOL, load_catalogue
 from toolroute.train.check import check_data
 from toolroute.train.formats import read_examples
 from toolroute.train.sft import router_prompt, sft_rows
-from toolroute.train.split import stratified_split
+from toolroute.train.split import label_of, per_label, stratified_split
 
 MIXED = ROOT / "tests" / "fixtures" / "training_data_mixed.jsonl"
 SUPPORT = load_catalogue(CUSTOMER_SUPPORT_TOOLS)
@@ -208,6 +208,36 @@ def test_split_is_stratified_reproducible_and_leak_free(tmp_path, capsys):
     assert main(args) == 0
     lines = data.read_text().splitlines()
     assert sorted(train_out.read_text().splitlines() + eval_out.read_text().splitlines()) == sorted(lines)
+
+
+def test_per_label_draws_k_rows_of_each_label_reproducibly():
+    examples = read_examples(ROOT / "examples" / "customer_support" / "train.jsonl", SUPPORT).examples
+    drawn = per_label(examples, 3, seed=13)
+    counts: dict[str, int] = {}
+    for example in drawn:
+        counts[label_of(example)] = counts.get(label_of(example), 0) + 1
+    available: dict[str, int] = {}
+    for example in examples:
+        available[label_of(example)] = available.get(label_of(example), 0) + 1
+    assert counts == {label: min(3, n) for label, n in available.items()}
+    assert any(n < 3 for n in available.values()) or len(drawn) == 3 * len(available)
+    assert per_label(examples, 3, seed=13) == drawn
+    assert per_label(examples, 3, seed=14) != drawn
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        per_label(examples, 0, seed=13)
+
+
+def test_data_sample_writes_the_drawn_rows_as_written(tmp_path, capsys):
+    data = ROOT / "examples" / "customer_support" / "train.jsonl"
+    out = tmp_path / "k3.jsonl"
+    assert main(["data", "sample", str(data), "--tools", str(CUSTOMER_SUPPORT_TOOLS), "--per-label", "3",
+                 "--out", str(out)]) == 0  # fmt: skip
+    lines = data.read_text().splitlines()
+    drawn = per_label(read_examples(data, SUPPORT).examples, 3, seed=13)
+    assert out.read_text().splitlines() == [lines[int(e.source.rsplit(":", 1)[1]) - 1] for e in drawn]
+    assert f"{len(drawn)} rows (" in capsys.readouterr().out
+    assert main(["data", "sample", str(out), "--per-label", "1", "--out", str(out)]) != 0
+    assert "--out must differ from the input file" in capsys.readouterr().err
 
 
 GOLDEN_PROMPT = (
