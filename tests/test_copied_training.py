@@ -14,7 +14,7 @@ from toolroute.cli import main as cli_main
 from toolroute.grammars import Catalogue, Copied, CopiedArgument
 from toolroute.runtime.router_file import FORMAT_VERSION
 from toolroute.train.config import load_config
-from toolroute.train.copied import copied_arguments, decide_copied, parse_overrides
+from toolroute.train.copied import copied_arguments, decide_copied, describe, parse_overrides
 from toolroute.train.examples import Example, Target
 from toolroute.train.run_dir import RunManifest
 
@@ -68,6 +68,29 @@ def test_inference_on_the_rows_as_given_with_declarations_and_labels_kept():
         "play.artist",
         "book.place",
     ]
+
+
+def test_few_values_are_copied_only_where_the_catalogue_pooled_says_spans():
+    spans_only = [row for row in _rows() if row.target.arguments.get("playlist") is None]
+    few = [
+        _example("play Blue Train", "play", playlist="Blue Train"),
+        _example("play x", "play", playlist="x"),
+    ]
+    decisions = {(d.tool, d.argument): d for d in decide_copied(spans_only + few, CATALOGUE)}
+    playlist = decisions[("play", "playlist")]
+    # 2 values of its own, both spans; the pool (artist and playlist: 21 of 22 spans) holds.
+    assert playlist.copied and playlist.pooled and playlist.source == "inferred" and playlist.values == 2
+    assert not decisions[("play", "artist")].pooled  # 20 values of its own: no pooling needed
+    assert "copied (inferred, few values: the catalogue pooled)" in "\n".join(describe(decisions.values()))
+    off = {(d.tool, d.argument): d for d in decide_copied(spans_only + few, CATALOGUE, pool=False)}
+    assert not off[("play", "playlist")].copied
+    # One of its values not a span: never pooled.
+    mixed = [*few, _example("play y", "play", playlist="my y")]
+    assert not {(d.tool, d.argument): d for d in decide_copied(spans_only + mixed, CATALOGUE)}[
+        ("play", "playlist")
+    ].copied
+    # The full rows: 10 invented playlists pull the pool to 19 of 30: nothing is pooled.
+    assert not any(d.pooled for d in decide_copied(_rows() + few, CATALOGUE))
 
 
 def test_the_config_forces_arguments_on_and_off_and_refuses_what_cannot_be_copied():
