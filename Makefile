@@ -10,7 +10,7 @@ WHEELS := .whl
 # The runtime alone (`pip install '.[serve]'`: llama-cpp-python, pydantic, the HTTP server).
 RUNTIME_VENV ?= .venv-runtime
 
-.PHONY: setup test test-runtime test-slow lint format goldens train export demo bench bench-hwu64 clean
+.PHONY: setup test test-runtime test-slow lint format goldens train export demo demo-answers bench bench-hwu64 clean
 
 setup: $(VENV)/.setup-complete
 
@@ -76,6 +76,20 @@ $(ROUTER): $(RUN)/manifest.json
 # The main job: train (or reuse) the router, export it, and route a handful of requests.
 demo: $(ROUTER)
 	$(PY) examples/customer_support/demo.py $(ROUTER)
+
+# The whole loop, request -> call -> stand-in tool -> answer: the same demo on a router trained
+# with answers (examples/customer_support/train_answers.toml; ~29 minutes of training on 2 cores).
+ANSWERS_RUN := runs/cs-answers
+ANSWERS_ROUTER := dist/cs-answers.q4_k_m.gguf
+
+$(ANSWERS_RUN)/manifest.json: | setup
+	$(VENV)/bin/toolroute train --config examples/customer_support/train_answers.toml $(if $(wildcard $(ANSWERS_RUN)/INCOMPLETE),--resume)
+
+$(ANSWERS_ROUTER): $(ANSWERS_RUN)/manifest.json
+	$(VENV)/bin/toolroute export $(ANSWERS_RUN) --quant q4_k_m --out dist --parity-prompts 10
+
+demo-answers: $(ANSWERS_ROUTER)
+	$(PY) examples/customer_support/demo.py $(ANSWERS_ROUTER)
 
 # Every quantization level of the customer-support run, two reference rows, table and plot in results/customer-support/.
 bench: $(RUN)/manifest.json

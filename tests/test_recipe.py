@@ -99,6 +99,9 @@ def test_given_values_win_and_the_plan_says_which_were_given(tmp_path):
     assert config.epochs == 5.0 and config.lora.r == 8 and plan.given == {"epochs": 5.0, "lora.r": 8}
     example = load_config(ROOT / "examples" / "customer_support" / "train.toml", {})
     assert given_fields(example) == {"name", "data", "eval", "tools"}
+    # `make demo-answers`: the same recipe, its own data and six epochs (the answer step needs them).
+    answers = load_config(ROOT / "examples" / "customer_support" / "train_answers.toml", {})
+    assert given_fields(answers) == {"name", "data", "eval", "tools", "epochs"} and answers.epochs == 6.0
     text = format_plan(plan)
     for line in ("plan: recipe cpu (auto: no CUDA device", "steps: 150 of 16 rows", "estimated training time",
                  "chosen by the recipe: mode=none", "given: epochs=5.0, lora.r=8"):  # fmt: skip
