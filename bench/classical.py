@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from toolroute.grammars import NO_TOOL, Catalogue, load_catalogue
-from toolroute.runtime.files import atomic_write_text
+from toolroute.runtime.files import atomic_write_text, file_sha256
 from toolroute.runtime.resources import peak_rss_mb
 from toolroute.train.examples import Example
 from toolroute.train.formats import read_valid_examples
@@ -317,6 +317,9 @@ class ClassicalResult(BaseModel):
     train_seconds: float
     arguments: dict[str, ArgumentUse]  # "tool.argument" -> how it is handled
     measurement: Measurement
+    # The evaluation rows (absent in results written before they were recorded).
+    data: str | None = None
+    data_sha256: str | None = None
 
 
 def run_classical(
@@ -379,6 +382,8 @@ def run_classical(
         train_seconds=round(train_seconds, 2),
         arguments=arguments,
         measurement=measurement,
+        data=str(data),
+        data_sha256=file_sha256(data),
     )
 
 

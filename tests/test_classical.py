@@ -91,3 +91,39 @@ def test_bench_classical_command(slice_files, tmp_path, capsys):
     assert saved["per_label"] == 10 and saved["measurement"]["requests"] == 20
     examples = read_valid_examples(train, load_catalogue(TOOLS)).examples
     assert saved["train_rows"] == len(per_label(examples, 10, seed=13)) < len(examples)
+
+
+def test_learning_curve_reads_a_router_and_the_classical_reference_on_the_same_rows(
+    slice_files, tmp_path, tmp_path_factory, capsys
+):
+    import runtime_support
+
+    from toolroute.bench.learning_curve import main as curve_main
+
+    train, data = slice_files
+    classical = tmp_path / "classical.json"
+    args = ["bench-classical", "--train", str(train), "--data", str(data), "--tools", TOOLS]
+    assert main([*args, "--per-label", "5", "--json", str(classical)]) == 0
+    saved = json.loads(classical.read_text())
+    assert saved["data"] == str(data) and len(saved["data_sha256"]) == 64
+    router = runtime_support.tiny_router_file(tmp_path_factory)
+    assert main(["eval", "--model", str(router), "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--threads", "1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    router_eval = str(tmp_path / "r" / "eval.json")
+    out = tmp_path / "curve"
+    assert curve_main(["--point", "k=5", router_eval, str(classical), "--out", str(out)]) == 0
+    table = (out / "CURVE.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| k=5 |"))
+    assert f"| k=5 | {saved['train_rows']:,} | 40 |" in row
+    classical_tool = saved["measurement"]["report"]["tool_name_accuracy"]
+    assert f"{classical_tool:.3f}" in row
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "curve.json").read_text())[0]["label"] == "k=5"
+    # Reports on different rows are refused, naming both files.
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join(data.read_text().splitlines()[:20]) + "\n")
+    fewer = ["bench-classical", "--train", str(train), "--data", str(other), "--tools", TOOLS]
+    assert main([*fewer, "--json", str(classical)]) == 0
+    with pytest.raises(ValueError, match="measured on different data"):
+        curve_main(["--point", "k=5", router_eval, str(classical), "--out", str(out)])
