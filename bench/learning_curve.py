@@ -68,6 +68,21 @@ def read_point(label: str, router_eval: Path, classical_json: Path) -> CurvePoin
     )
 
 
+def summary(point: CurvePoint) -> dict[str, object]:
+    """The point's numbers as the table shows them (the full reports stay in their own files)."""
+    return {
+        "label": point.label,
+        "train_rows": point.classical_train_rows,
+        "eval_rows": point.router.examples,
+        "router_file": point.router_file,
+        **{
+            f"{engine}_{key}": getattr(getattr(point, engine), key)
+            for engine in ("router", "classical")
+            for key, _, _ in COLUMNS
+        },
+    }
+
+
 def _cell(value: float | None, rate: bool) -> str:
     if value is None:
         return "n/a"
@@ -130,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     points = [read_point(label, Path(router), Path(classical)) for label, router, classical in args.point]
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "CURVE.md", markdown(points))
-    atomic_write_text(
-        args.out / "curve.json", json.dumps([p.model_dump(mode="json") for p in points], indent=2) + "\n"
-    )
+    atomic_write_text(args.out / "curve.json", json.dumps([summary(p) for p in points], indent=2) + "\n")
     plot(points, args.out / "curve.png")
     print(markdown(points))
     return 0
