@@ -15,7 +15,6 @@ import argparse
 from pathlib import Path
 
 from toolroute.export.embed import write_router_gguf
-from toolroute.grammars.copied import copied_to_json
 from toolroute.runtime.router_file import read_router_file
 from toolroute.train.copied import DEFAULT_SHARE, copied_arguments, decide_copied
 from toolroute.train.formats import read_valid_examples
@@ -32,7 +31,7 @@ def pooling_variants(run_path: Path, router: Path, out: Path) -> dict[str, Path]
     files = {}
     for setting, pool in (("on", True), ("off", False)):
         copied = copied_arguments(decide_copied(rows, catalogue, share, pool=pool))
-        variant = metadata.model_copy(update={"copied_arguments": copied_to_json(copied) if copied else None})
+        variant = metadata.with_copied(copied)
         files[setting] = write_router_gguf(router, out / f"{manifest.name}.pool-{setting}.gguf", variant)
         print(f"pool {setting}: {len(copied)} copied arguments -> {files[setting]}")
     return files

@@ -34,6 +34,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _refuse_overwriting_input(args: argparse.Namespace) -> None:
+    """`sample` and `augment` write new rows to `--out`; the input file is never modified."""
+    if Path(args.out).resolve() == Path(args.file).resolve():
+        raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
+
+
 def _read_valid(args: argparse.Namespace) -> ReadResult:
     from toolroute.train.formats import read_valid_examples
 
@@ -54,8 +60,7 @@ def _split(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from toolroute.train.split import label_of, per_label
 
-    if Path(args.out).resolve() == Path(args.file).resolve():
-        raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
+    _refuse_overwriting_input(args)
     result = _read_valid(args)
     chosen = per_label(result.examples, args.per_label, args.seed)
     # The rows as written (any format), so the sample trains exactly as the full file would.
@@ -89,8 +94,7 @@ def _augment(args: argparse.Namespace) -> int:
     from toolroute.train.augment import augment_examples, format_counts, router_line
     from toolroute.train.formats import read_valid_examples
 
-    if Path(args.out).resolve() == Path(args.file).resolve():
-        raise ValueError(f"{args.out}: --out must differ from the input file (the input is never modified)")
+    _refuse_overwriting_input(args)
     result = _read_valid(args)
     catalogue = result.catalogue
     assert catalogue is not None  # set from the rows when not given, and there are rows

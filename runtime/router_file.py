@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -67,6 +68,12 @@ _Small = Annotated[str, Field(max_length=MAX_SMALL_FIELD)]
 
 class RouterFileError(ValueError):
     """A GGUF that is not a (valid) toolroute router file."""
+
+
+def _copied_value(copied: Iterable[CopiedArgument]) -> str | None:
+    """`toolroute.copied_arguments` as stored: absent when no argument is copied."""
+    entries = tuple(copied)
+    return copied_to_json(entries) if entries else None
 
 
 class RouterMetadata(BaseModel):
@@ -127,9 +134,13 @@ class RouterMetadata(BaseModel):
             base=base,
             manifest_sha256=manifest_sha256,
             min_confidence=None if min_confidence is None else str(min_confidence),
-            copied_arguments=copied_to_json(copied) if copied else None,
+            copied_arguments=_copied_value(copied),
             answer_rows=str(answer_rows) if answer_rows else None,
         )
+
+    def with_copied(self, copied: Iterable[CopiedArgument]) -> RouterMetadata:
+        """The same metadata with other copied arguments (marks are metadata: nothing else changes)."""
+        return self.model_copy(update={"copied_arguments": _copied_value(copied)})
 
     def to_kv(self) -> dict[str, str]:
         """The GGUF key-values; from format 4 on with the digest of the others, computed here
