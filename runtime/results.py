@@ -94,6 +94,11 @@ class RouteResult(BaseModel):
         default_factory=list,
         description="copied arguments (tool.argument) no span of the request fits: left out, or their tool",
     )
+    left_out: list[str] = Field(
+        default_factory=list,
+        description="optional arguments (tool.argument) written below the key rule's probability, "
+        "left out and the request decoded again (see key_rule.py)",
+    )
     runner_up: RunnerUp | None = None
     probabilities: dict[str, float] = Field(default_factory=dict)
     prompt_tokens: int

@@ -102,6 +102,7 @@ from .decoding import Context, DecodeError, Matcher, Vocabulary, forced_bytes, p
 from .dispatch import DispatchResult, Registry
 from .drafting import Lookahead, request_draft
 from .grammar_engine import GrammarLoadError, Utf8Tracker
+from .key_rule import ScoredToken, WeakArgument, weakest_argument
 from .lru import LruCache
 from .prompt_tokens import PromptTokenizer, common_prefix
 from .resources import physical_cores
@@ -197,6 +198,8 @@ class _Generation:
     # log p of each token the model chose (forced tokens excluded), under the constrained distribution
     logprobs: list[float] = field(default_factory=list)
     dead_end: tuple[str, str] | None = None  # (tool, copied argument) no span of the request fits
+    # Every model-chosen token of a call with its place in `text` (for the key rule, key_rule.py)
+    scored: list[ScoredToken] = field(default_factory=list)
 
 
 class Router:
@@ -226,6 +229,7 @@ class Router:
         no_tool_reason: bool = True,
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
+        min_key_probability: float = 0.0,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -244,6 +248,15 @@ class Router:
         if not 0.0 <= min_span_mass < 1.0:
             raise ValueError(f"min_span_mass must be within [0, 1), not {min_span_mass}")
         self.copy_rule = CopyRule(catalogue, copied, metadata.options, min_span_mass)
+        # The key rule (key_rule.py): off by default; picked on validation rows it has not paid yet.
+        if not 0.0 <= min_key_probability < 1.0:
+            raise ValueError(f"min_key_probability must be within [0, 1), not {min_key_probability}")
+        self.min_key_probability = min_key_probability
+        self._optional_arguments = {
+            tool.name: frozenset(tool.parameters.get("properties", {}))
+            - frozenset(tool.parameters.get("required", []))
+            for tool in catalogue.tools
+        }
         self.cache_prefix = cache_prefix
         self.fast_forward = fast_forward
         # The fast path (issue 15): copied values drafted from the request and verified in one
@@ -310,6 +323,7 @@ class Router:
         no_tool_reason: bool = True,
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
+        min_key_probability: float = 0.0,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -328,6 +342,8 @@ class Router:
         `min_span_mass`: an optional copied argument is left out when, at some step of its value,
         the model gives what the copy rule allows less probability than this
         (`CopyTracker.gives_up`; 0: never).
+        `min_key_probability`: an optional argument the model wrote with less probability than
+        this is left out and the request decoded again (`key_rule.py`; 0, the default: off).
         """
         where = str(path)
         if not Path(path).is_file():
@@ -367,6 +383,7 @@ class Router:
                 no_tool_reason=no_tool_reason,
                 max_answer_tokens=max_answer_tokens,
                 min_span_mass=min_span_mass,
+                min_key_probability=min_key_probability,
             )
         except GrammarLoadError as exc:
             llama.close()
@@ -521,14 +538,23 @@ class Router:
         budget = self.completion_budget(len(tokens), cached, grammar)
         request = text.strip()
         no_span: list[str] = []
+        left_out: list[str] = []
         cancelled = wait.cancelled if wait is not None else None
         with self._slots.acquire(wait) as slot:
             copy = self.copy_rule.tracker(request)
             generation = self._generate(slot, tokens, cached, grammar, budget, copy, cancelled=cancelled)
             fallback = Fallback(tuple(n for n in grammar.names if n != NO_TOOL), frozenset())
-            while generation.dead_end is not None:
-                tool, argument = generation.dead_end
-                no_span.append(f"{tool}.{argument}")
+            while True:
+                if generation.dead_end is not None:
+                    tool, argument = generation.dead_end
+                    no_span.append(f"{tool}.{argument}")
+                else:
+                    weak = self._weak_argument(generation)
+                    if weak is None:
+                        break
+                    tool, weakest = weak
+                    argument = weakest.name
+                    left_out.append(f"{tool}.{argument} ({weakest.probability:.3g})")
                 fallback = self.copy_rule.fall_back(fallback.names, fallback.dropped, tool, argument)
                 if not fallback.names and NO_TOOL not in grammar.names:
                     generation = _Generation(b"", generation.tokens, False, generation.probabilities)
@@ -538,7 +564,19 @@ class Router:
                     slot, tokens, cached, grammar, min(budget, grammar.max_tokens),
                     self.copy_rule.tracker(request), generation.probabilities, cancelled=cancelled,
                 )  # fmt: skip
-        return self._result(generation, grammar, tokens, cached, start, no_span)
+        return self._result(generation, grammar, tokens, cached, start, no_span, left_out)
+
+    def _weak_argument(self, generation: _Generation) -> tuple[str, WeakArgument] | None:
+        """(tool, argument) when the key rule leaves an optional argument of this call out."""
+        text = generation.text
+        if self.min_key_probability <= 0.0 or generation.truncated or not text.startswith(DECISION):
+            return None
+        tool = text[len(DECISION) : text.find(b'"', len(DECISION))].decode("utf-8", "replace")
+        optional = self._optional_arguments.get(tool)
+        if not optional:
+            return None
+        weak = weakest_argument(text, generation.scored, optional, self.min_key_probability)
+        return None if weak is None else (tool, weak)
 
     def _fallback_grammar(self, fallback: Fallback, no_tool: bool) -> _Grammar:
         """The grammar to decode with again after a copy-rule dead end (see copy_rule.py)."""
@@ -757,6 +795,8 @@ class Router:
         probabilities: dict[str, float] | None = scored
         truncated = False
         logprobs: list[float] = []
+        scored: list[ScoredToken] = []
+        score_tokens = self.call_score or self.min_key_probability > 0.0
         dead_end: tuple[str, str] | None = None
 
         def take(token: int) -> None:  # a token the grammar (and the copy rule) was just seen to allow
@@ -823,10 +863,11 @@ class Router:
                         raise
                     dead_end = copy.dead_end
                     break
-                if self.call_score and not out.startswith(NO_TOOL_PREFIX):  # only calls are scored
-                    logprobs.append(
-                        chosen_logprob(matcher, utf8, vocabulary, logits, token, allowed, may_end, copy)
-                    )
+                if score_tokens and not out.startswith(NO_TOOL_PREFIX):  # only calls are scored
+                    logprob = chosen_logprob(matcher, utf8, vocabulary, logits, token, allowed, may_end, copy)
+                    if self.call_score:
+                        logprobs.append(logprob)
+                    scored.append(ScoredToken(len(out), len(out) + len(pieces[token]), logprob))
                 if vocabulary.is_eog(token):
                     break
                 take(token)
@@ -836,7 +877,7 @@ class Router:
         finally:
             context.seq_rm(WORK_SEQ)
             matcher.close()
-        return _Generation(bytes(out), len(produced), truncated, probabilities, logprobs, dead_end)
+        return _Generation(bytes(out), len(produced), truncated, probabilities, logprobs, dead_end, scored)
 
     def _score_forced(
         self, slot: _Slot, grammar: _Grammar, tokens: list[int], branch_seqs: list[int]
@@ -865,6 +906,7 @@ class Router:
         cached: int,
         start: float,
         no_span: Sequence[str] = (),
+        left_out: Sequence[str] = (),
     ) -> RouteResult:
         raw = generation.text.decode("utf-8", "replace")
         parsed = None if generation.truncated else self.catalogue.parse(raw)
@@ -898,6 +940,7 @@ class Router:
             min_token_logprob=scores["min_token_logprob"],
             scored_tokens=len(logprobs),
             no_span=list(no_span),
+            left_out=list(left_out),
             raw=raw,
             confidence=confidence,
             runner_up=runner_up,

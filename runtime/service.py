@@ -619,6 +619,7 @@ class ChatService:
                 "call_logprob": result.call_logprob,
                 "min_token_logprob": result.min_token_logprob,
                 "no_span": result.no_span,
+                "left_out": result.left_out,
                 "raw": result.raw,
                 "latency_ms": result.latency_ms,
             },

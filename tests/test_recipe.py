@@ -49,20 +49,20 @@ def test_budget_arithmetic_whole_epochs_within_bounds_or_a_step_cap():
 def test_the_cpu_default_on_small_middling_and_large_data():
     config, plan = _plan(480)
     assert plan.recipe == "cpu" and config.recipe == "cpu" and config.time_budget == 15.0
-    assert (config.epochs, config.max_steps, plan.steps, plan.estimated_minutes) == (6.0, None, 180, 9.1)
+    assert (config.epochs, config.max_steps, plan.steps, plan.estimated_minutes) == (6.0, None, 180, 13.1)
     assert config.mode.value == "none" and config.learning_rate == 1e-3
-    assert config.lora.targets == "all-linear" and config.lora.top_layers == 8
+    assert config.lora.targets == "all-linear" and config.lora.top_layers == 16
     assert (config.batch_size, config.grad_accum, config.fast_steps) == (8, 2, True)
     assert plan.chosen["epochs"] == 6.0 and plan.given == {}
     _, small = _plan(10)
     assert (small.epochs, small.steps) == (6.0, 6)
-    large, plan = _plan(8608)  # HWU64's training folds: 1,636 s an epoch, 538 steps of 3.04 s
-    assert (large.epochs, large.max_steps, plan.steps) == (2.0, 296, 296)
-    assert plan.epochs == round(296 / 538, 3) and plan.estimated_minutes == 15.0
-    assert "a step cap: 2 epochs would take ~54.5 min, over the 15-min budget" in plan.sizing
-    # Rows twice as long as the measured ones cost twice as much: 4 epochs fit, not 9.
-    assert _plan(480, tokens=2 * MEASURED_TOKENS)[0].epochs == 4.0
-    assert _plan(480, time_budget=5)[0].epochs == 3.0
+    large, plan = _plan(8608)  # HWU64's training folds: 2,350 s an epoch, 538 steps of 4.37 s
+    assert (large.epochs, large.max_steps, plan.steps) == (2.0, 206, 206)
+    assert plan.epochs == round(206 / 538, 3) and plan.estimated_minutes == 15.0
+    assert "a step cap: 2 epochs would take ~78.3 min, over the 15-min budget" in plan.sizing
+    # Rows twice as long as the measured ones cost twice as much: 3 epochs fit, not 6.
+    assert _plan(480, tokens=2 * MEASURED_TOKENS)[0].epochs == 3.0
+    assert _plan(480, time_budget=5)[0].epochs == 2.0
 
 
 def test_a_gpu_gets_the_stronger_recipe_with_its_own_budget():
@@ -72,7 +72,7 @@ def test_a_gpu_gets_the_stronger_recipe_with_its_own_budget():
     assert config.epochs == RECIPES["gpu"].epochs[1] and config.max_steps is None
     assert "assumed (not measured" in plan.cost
     cpu_anyway, _ = _plan(480, cuda=True, recipe="cpu")
-    assert cpu_anyway.lora.top_layers == 8 and cpu_anyway.recipe == "cpu"
+    assert cpu_anyway.lora.top_layers == 16 and cpu_anyway.recipe == "cpu"
     lesson, plan = _plan(480, recipe="lesson")
     assert lesson.lora.targets == ["q_proj", "v_proj"] and lesson.epochs == 3.0 and lesson.time_budget is None
     assert "fixed 3 epochs" in plan.sizing
@@ -99,9 +99,10 @@ def test_given_values_win_and_the_plan_says_which_were_given(tmp_path):
     assert config.epochs == 5.0 and config.lora.r == 8 and plan.given == {"epochs": 5.0, "lora.r": 8}
     example = load_config(ROOT / "examples" / "customer_support" / "train.toml", {})
     assert given_fields(example) == {"name", "data", "eval", "tools"}
-    # `make demo-answers`: the same recipe, its own data and six epochs (the answer step needs them).
+    # `make demo-answers`: its own data, six epochs (the answer step needs them), the measured top 8 layers.
     answers = load_config(ROOT / "examples" / "customer_support" / "train_answers.toml", {})
-    assert given_fields(answers) == {"name", "data", "eval", "tools", "epochs"} and answers.epochs == 6.0
+    assert given_fields(answers) == {"name", "data", "eval", "tools", "epochs", "lora.top_layers"}
+    assert answers.epochs == 6.0 and answers.lora.top_layers == 8
     text = format_plan(plan)
     for line in ("plan: recipe cpu (auto: no CUDA device", "steps: 150 of 16 rows", "estimated training time",
                  "chosen by the recipe: mode=none", "given: epochs=5.0, lora.r=8"):  # fmt: skip
@@ -138,22 +139,22 @@ def test_train_with_nothing_but_data_prints_the_plan_and_stores_it(tmp_path, tin
     from toolroute.cli import main as cli_main
     from toolroute.train.run_dir import RunDir
 
-    # 48 rows of ~118 tokens: ~9 s an epoch at the measured cost; a 0.2-minute budget fits 1.3
-    # epochs, under the 2 the CPU recipe wants, so a step cap of 3 steps (one epoch of 3).
+    # 48 rows of ~118 tokens: ~13 s an epoch at the measured cost; a 0.3-minute budget fits 1.4
+    # epochs, under the 2 the CPU recipe wants, so a step cap of 4 steps (epochs of 3).
     command = ["train", "--name", "planned", "--data", str(rows48), "--tools", str(CUSTOMER_SUPPORT_TOOLS),
-               "--base", str(tiny_base), "--runs-dir", str(tmp_path), "--time-budget", "0.2"]  # fmt: skip
+               "--base", str(tiny_base), "--runs-dir", str(tmp_path), "--time-budget", "0.3"]  # fmt: skip
     assert cli_main(command) == 0
     out = capsys.readouterr().out
-    assert "plan: recipe cpu (auto: no CUDA device" in out and "steps: 3 of 16 rows" in out
-    assert re.search(r"a step cap: 2 epochs would take ~1\d s, over the 0.2-min budget, so 3 steps", out)
-    assert "given: time_budget=0.2" in out
+    assert "plan: recipe cpu (auto: no CUDA device" in out and "steps: 4 of 16 rows" in out
+    assert re.search(r"a step cap: 2 epochs would take ~2\d s, over the 0.3-min budget, so 4 steps", out)
+    assert "given: time_budget=0.3" in out
     assert out.index("plan: recipe") < out.index('"run": "planned"')  # before training, not after
     run = RunDir(tmp_path / "planned")
     manifest = run.load_manifest()
-    assert manifest.metrics["steps"] == 3 and manifest.plan is not None and manifest.plan.steps == 3
+    assert manifest.metrics["steps"] == 4 and manifest.plan is not None and manifest.plan.steps == 4
     stored = run.config_path.read_text()
-    assert 'recipe = "cpu"' in stored and "max_steps = 3" in stored and "time_budget = 0.2" in stored
-    assert manifest.config["lora"]["top_layers"] == 8 and manifest.augmentation is None
+    assert 'recipe = "cpu"' in stored and "max_steps = 4" in stored and "time_budget = 0.3" in stored
+    assert manifest.config["lora"]["top_layers"] == 16 and manifest.augmentation is None
 
 
 def test_resume_reproduces_the_plan_even_where_a_new_plan_would_differ(
@@ -172,13 +173,13 @@ def test_resume_reproduces_the_plan_even_where_a_new_plan_would_differ(
                 raise KeyboardInterrupt
 
     overrides = {"name": "resumed", "data": rows48, "tools": str(CUSTOMER_SUPPORT_TOOLS),
-                 "base": str(tiny_base), "runs_dir": tmp_path, "time_budget": 0.5, "seed": 3}  # fmt: skip
+                 "base": str(tiny_base), "runs_dir": tmp_path, "time_budget": 0.7, "seed": 3}  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         train(load_config(None, overrides), callbacks=[Interrupt()])
     run = RunDir(tmp_path / "resumed")
     planned = run.config_path.read_text()
-    assert "epochs = 3.0" in planned  # 27 s fit 3 epochs of ~9 s: 9 steps
-    # Rows now cost 10x as much: a fresh plan would cap the steps; the resumed run keeps its plan.
+    assert "epochs = 3.0" in planned  # 42 s fit 3 epochs of ~13 s: 9 steps
+    # Rows now cost 7x as much: a fresh plan would cap the steps; the resumed run keeps its plan.
     monkeypatch.setitem(recipe.ROW_COST, "cpu", recipe.RowCost(1.9, MEASURED_TOKENS, "slower", True))
     manifest = train(load_config(None, overrides), resume=True)
     assert manifest.metrics["steps"] == 9 and run.config_path.read_text() == planned

@@ -42,11 +42,12 @@ class RowCost:
 # system turn costs less than that, so long prompts are over- rather than under-estimated).
 ROW_COST: dict[str, RowCost] = {
     # Measured on this project's 2-core development CPU (AMD EPYC, no AVX2), SmolLM2-135M, the
-    # `make demo` recipe (mode `none`, all-linear LoRA r16 on the top 8 of 30 layers, fast steps,
-    # batch 8 x grad-accum 2, 2 torch threads): ~3.1 s per optimizer step of 16 rows of
+    # `make demo` recipe (mode `none`, all-linear LoRA r16 on the top 16 of 30 layers, fast steps,
+    # batch 8 x grad-accum 2, 2 torch threads): 4.37 s per optimizer step of 16 rows of
     # examples/customer_support/train.jsonl, whose rows are 117.8 tokens on average in mode `none`;
-    # 480 rows x 2 epochs = 60 steps in ~3.2 minutes.
-    "cpu": RowCost(0.19, 117.8, "measured: 3.1 s a step of 16 rows on a 2-core CPU, SmolLM2-135M", True),
+    # 480 rows x 6 epochs = 180 steps in 786 s (run cs-none-top16-e6, the machine otherwise idle).
+    # (The top 8 layers: 3.1 s a step; all 30: 6.0 s.)
+    "cpu": RowCost(0.273, 117.8, "measured: 4.37 s a step of 16 rows on a 2-core CPU, SmolLM2-135M", True),
     # No GPU was lent to this project when the recipe was written: an assumption, not a measurement
     # (a 135M model's step of 16 short rows is dominated by kernel launches, ~0.1-0.2 s on a current
     # data-centre GPU). The plan says so; replace it with a measurement when one is taken.
@@ -93,7 +94,7 @@ RECIPES: dict[str, Recipe] = {
     # data is so large (e.g. HWU64's 8,608 rows) that the budget's steps are many already.
     "cpu": Recipe(
         name="cpu",
-        why="no CUDA device: the CPU recipe (prompt mode none, LoRA on the top 8 layers, lr 1e-3)",
+        why="no CUDA device: the CPU recipe (prompt mode none, LoRA on the top 16 layers, lr 1e-3)",
         values=_defaults(),
         budget_minutes=15.0,
         epochs=(2, 6),
