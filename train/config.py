@@ -28,8 +28,9 @@ class LoraSettings(BaseModel):
         "all-linear", description="modules to adapt: a comma list (q_proj,v_proj) or all-linear"
     )
     # 16 of SmolLM2-135M's 30 layers: picked on the customer-support validation rows against 8 and
-    # all 30 (BENCHMARKS.md, "LoRA placement"): 8 left the enum arguments half learned, 30 was
-    # as good but does not fit six epochs of ~500 rows in the CPU recipe's 15 minutes.
+    # all 30 (BENCHMARKS.md, "LoRA placement"): 8 left the enum arguments half learned; all 30 did
+    # better still at six epochs but took 18 minutes, and at the four epochs the CPU recipe's 15
+    # minutes allow it fell behind 16.
     top_layers: int | None = Field(
         16, ge=1, description="adapt only the top N transformer layers: a shorter backward pass on a CPU"
     )
