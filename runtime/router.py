@@ -195,10 +195,9 @@ class _Generation:
     tokens: int
     truncated: bool
     probabilities: dict[str, float]
-    # log p of each token the model chose (forced tokens excluded), under the constrained distribution
-    logprobs: list[float] = field(default_factory=list)
     dead_end: tuple[str, str] | None = None  # (tool, copied argument) no span of the request fits
-    # Every model-chosen token of a call with its place in `text` (for the key rule, key_rule.py)
+    # Each token the model chose in a call (forced tokens excluded): its place in `text` and its log
+    # p under the constrained distribution (the call score; the key rule, key_rule.py)
     scored: list[ScoredToken] = field(default_factory=list)
 
 
@@ -794,7 +793,6 @@ class Router:
         lookahead = Lookahead(context, WORK_SEQ, cached)
         probabilities: dict[str, float] | None = scored
         truncated = False
-        logprobs: list[float] = []
         scored: list[ScoredToken] = []
         score_tokens = self.call_score or self.min_key_probability > 0.0
         dead_end: tuple[str, str] | None = None
@@ -865,8 +863,6 @@ class Router:
                     break
                 if score_tokens and not out.startswith(NO_TOOL_PREFIX):  # only calls are scored
                     logprob = chosen_logprob(matcher, utf8, vocabulary, logits, token, allowed, may_end, copy)
-                    if self.call_score:
-                        logprobs.append(logprob)
                     scored.append(ScoredToken(len(out), len(out) + len(pieces[token]), logprob))
                 if vocabulary.is_eog(token):
                     break
@@ -877,7 +873,7 @@ class Router:
         finally:
             context.seq_rm(WORK_SEQ)
             matcher.close()
-        return _Generation(bytes(out), len(produced), truncated, probabilities, logprobs, dead_end, scored)
+        return _Generation(bytes(out), len(produced), truncated, probabilities, dead_end, scored)
 
     def _score_forced(
         self, slot: _Slot, grammar: _Grammar, tokens: list[int], branch_seqs: list[int]
@@ -917,7 +913,9 @@ class Router:
         confidence = probabilities.get(chosen) if chosen else None
         others = [(n, p) for n, p in probabilities.items() if n != chosen]
         runner_up = RunnerUp(tool=others[0][0], probability=others[0][1]) if chosen and others else None
-        logprobs = [] if isinstance(parsed, NoTool) else generation.logprobs  # a refusal has no call score
+        # A refusal has no call score; without `call_score` the tokens were scored for the key rule only.
+        scored = self.call_score and not isinstance(parsed, NoTool)
+        logprobs = [token.logprob for token in generation.scored] if scored else []
         scores: dict[str, float | None] = {
             "name_probability": confidence,
             "call_logprob": sum(logprobs) if logprobs else None,
