@@ -68,10 +68,12 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
     # rules are applied afterwards to report the numbers with and without them.
     copy_rule = not getattr(args, "no_copy_rule", False)
     span_mass = getattr(args, "min_span_mass", None)
+    required_mass = getattr(args, "min_required_span_mass", None)
     key_rule = getattr(args, "min_key_probability", None)
     router = Router.load(
         model, n_threads=args.threads, n_ctx=args.n_ctx, stored_thresholds=False, copy_rule=copy_rule,
         **({} if span_mass is None else {"min_span_mass": span_mass}),
+        **({} if required_mass is None else {"min_required_span_mass": required_mass}),
         **({} if key_rule is None else {"min_key_probability": key_rule}),
     )  # fmt: skip
     try:

@@ -37,9 +37,10 @@ from toolroute.train.sft import router_prompt
 
 VARIANTS: dict[str, QuantizeOptions] = {
     "plain": QuantizeOptions.plain(),
-    "embedding f16": QuantizeOptions(token_embedding="f16", imatrix_rows=0),
-    "embedding q8_0 + imatrix": QuantizeOptions(token_embedding="q8_0"),
-    "embedding f16 + imatrix": QuantizeOptions(token_embedding="f16"),
+    "embedding f16": QuantizeOptions(token_embedding="f16", imatrix_rows=0, replace_fallbacks=False),
+    "embedding q8_0 + imatrix": QuantizeOptions(token_embedding="q8_0", replace_fallbacks=False),
+    "embedding f16 + imatrix": QuantizeOptions(token_embedding="f16", replace_fallbacks=False),
+    "default: q8_0 embedding + imatrix + Q5_0 fallback": QuantizeOptions(),
 }
 
 
@@ -149,6 +150,7 @@ def fidelity(
                 quantize(
                     f16, path, level, token_embedding=options.token_embedding,
                     imatrix=matrix if options.imatrix_rows else None,
+                    replace_fallbacks=options.replace_fallbacks,
                 )  # fmt: skip
                 agreement, kl = compare(reference, _completion_logits(path, evaluated))
                 results.append(

@@ -45,8 +45,8 @@ def require_extra(extra: str) -> None:
 
 
 def add_copy_rule_flags(parser: argparse.ArgumentParser) -> None:
-    """`--no-copy-rule`, `--min-span-mass` and `--min-key-probability`: how a loaded router holds
-    arguments to the request (`route`, `serve` and `eval` take the same three)."""
+    """`--no-copy-rule`, `--min-span-mass`, `--min-required-span-mass` and `--min-key-probability`:
+    how a loaded router holds arguments to the request (`route`, `serve` and `eval` take the same)."""
     parser.add_argument(
         "--no-copy-rule",
         action="store_true",
@@ -58,6 +58,13 @@ def add_copy_rule_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="leave an optional copied argument out when, at some step of its value, the model gives "
         "what the copy rule allows less probability than this (default: the runtime's)",
+    )
+    parser.add_argument(
+        "--min-required-span-mass",
+        type=float,
+        default=None,
+        help="the same for a required copied argument: its tool leaves the choice and the request "
+        "is decoded again (default: the runtime's)",
     )
     parser.add_argument(
         "--min-key-probability",

@@ -22,7 +22,11 @@ def quantize_options(args: argparse.Namespace) -> QuantizeOptions:
         return QuantizeOptions.plain()
     if args.imatrix_rows < 0:
         raise ValueError(f"--imatrix-rows must be 0 or more, got {args.imatrix_rows}")
-    return QuantizeOptions(token_embedding=args.token_embedding, imatrix_rows=args.imatrix_rows)
+    return QuantizeOptions(
+        token_embedding=args.token_embedding,
+        imatrix_rows=args.imatrix_rows,
+        replace_fallbacks=not args.llama_fallbacks,
+    )
 
 
 def add_quantize_flags(parser: argparse.ArgumentParser) -> None:
@@ -42,8 +46,14 @@ def add_quantize_flags(parser: argparse.ArgumentParser) -> None:
         help=f"training rows for the importance matrix; 0 quantizes without one ({DEFAULT_IMATRIX_ROWS})",
     )  # fmt: skip
     parser.add_argument(
+        "--llama-fallbacks", action="store_true",
+        help="keep llama.cpp's Q5_1 for K-quant weights whose rows are not a multiple of 256 "
+        "(default: Q5_0, which keeps Q5_K_M's accuracy on the 576-wide default base)",
+    )  # fmt: skip
+    parser.add_argument(
         "--plain-quant", action="store_true",
-        help="llama.cpp's defaults: no importance matrix, the embedding type left to the level",
+        help="llama.cpp's defaults: no importance matrix, the embedding type left to the level, "
+        "its Q5_1 fallbacks",
     )  # fmt: skip
 
 

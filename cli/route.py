@@ -26,6 +26,11 @@ def _load(args: argparse.Namespace) -> Any:
         copy_rule=not args.no_copy_rule,
         **({"n_contexts": args.contexts} if hasattr(args, "contexts") else {}),
         **({} if args.min_span_mass is None else {"min_span_mass": args.min_span_mass}),
+        **(
+            {}
+            if args.min_required_span_mass is None
+            else {"min_required_span_mass": args.min_required_span_mass}
+        ),
         **({} if args.min_key_probability is None else {"min_key_probability": args.min_key_probability}),
     )
 

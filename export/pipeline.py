@@ -162,7 +162,10 @@ def export_run(
             else:
                 embedding = quantization.token_embedding
                 target = work / f"{level}.gguf"
-                source = quantize(f16, target, level, token_embedding=embedding, imatrix=imatrix)
+                source = quantize(
+                    f16, target, level, token_embedding=embedding, imatrix=imatrix,
+                    replace_fallbacks=quantization.replace_fallbacks,
+                )  # fmt: skip
             destination = out_dir / f"{manifest.name}.{level}.gguf"
             digest = publish_router_gguf(source, destination, metadata)
             elapsed = round(time.perf_counter() - started, 2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -52,6 +53,19 @@ EMBEDDING_TYPES: dict[str, int | None] = {
 }
 
 
+# llama.cpp gives a K-quant weight whose rows are not a multiple of 256 a 32-block type instead
+# (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0). Q5_K's Q5_1 is what broke Q5_K_M on every trained
+# router of the 576-wide default base: on the top-16 customer-support router's validation rows,
+# no_tool for 69.5% of in-scope requests (exact call 0.287), while the same file with those 166
+# weights at Q5_0 scored 0.738, above Q4_K_M's 0.726 (BENCHMARKS.md, "Q5_K_M's fallback"). The
+# weights themselves round well at Q5_1 (relative error 0.012 against Q5_0's 0.039); the logits do
+# not (0.37 against 0.14), so the loss is in how llama.cpp computes with Q5_1, not in the rounding.
+FALLBACK_REPLACEMENTS: dict[str, str] = {"Q5_1": "Q5_0"}
+K_BLOCK = 256
+KEY_REPLACED_FALLBACKS = "quantize.toolroute.replaced_fallbacks"  # how many weights, when any
+UNQUANTIZED = ("F32", "F16", "BF16")
+
+
 class QuantizeError(RuntimeError):
     pass
 
@@ -64,6 +78,7 @@ class TensorTypes(BaseModel):
     token_embedding: str | None = None  # the token embedding's type (the output head too, when tied)
     output: str | None = None  # a separate output head's type; None when tied to the embedding
     imatrix_rows: int | None = None  # rows the importance matrix came from; None: quantized without
+    replaced_fallbacks: int = 0  # weights given FALLBACK_REPLACEMENTS' type instead of llama.cpp's fallback
 
 
 def parse_levels(text: str) -> list[str]:
@@ -85,13 +100,17 @@ def _imatrix_array(matrix: ImportanceMatrix) -> tuple[ctypes.Array, list[object]
     return entries, keep
 
 
-def _kv_array(matrix: ImportanceMatrix) -> ctypes.Array:
-    """llama.cpp's `quantize.imatrix.*` keys as kv overrides, which quantization writes to the file."""
-    values: list[tuple[str, int | str]] = [
+def _imatrix_keys(matrix: ImportanceMatrix) -> list[tuple[str, int | str]]:
+    """llama.cpp's own `quantize.imatrix.*` keys, which say what the matrix was made from."""
+    return [
         (KEY_DATASET, matrix.dataset[:127]),
         (KEY_ENTRIES, len(matrix.values)),
         (KEY_CHUNKS, matrix.texts),
     ]
+
+
+def _kv_array(values: list[tuple[str, int | str]]) -> ctypes.Array:
+    """Keys as kv overrides, which quantization writes to the file."""
     overrides = (llama_cpp.llama_model_kv_override * (len(values) + 1))()  # zeroed key ends the list
     for override, (key, value) in zip(overrides, values, strict=False):
         override.key = key.encode()
@@ -112,12 +131,70 @@ def quantize(
     *,
     token_embedding: EmbeddingType = "level",
     imatrix: ImportanceMatrix | None = None,
+    replace_fallbacks: bool = False,
 ) -> Path:
     """Quantize `source` (an F16/F32 GGUF) to `destination` at `level`.
 
     `token_embedding` fixes the type of the token embedding and of a separate output head ("level"
-    leaves both to llama.cpp); `imatrix` weighs each column's rounding error by its activations.
+    leaves both to llama.cpp); `imatrix` weighs each column's rounding error by its activations;
+    `replace_fallbacks` gives the weights that llama.cpp fell back to a type in
+    `FALLBACK_REPLACEMENTS` the replacement instead (a second pass naming exactly those weights).
     """
+    _quantize_once(source, destination, level, threads, token_embedding, imatrix, {}, 0)
+    if replace_fallbacks:
+        forced, replaced = fallbacks_to_replace(destination, level)
+        if forced:
+            _quantize_once(source, destination, level, threads, token_embedding, imatrix, forced, replaced)
+    return destination
+
+
+def fallbacks_to_replace(path: Path, level: str) -> tuple[dict[str, str], int]:
+    """The types a second pass must force so that only the fallbacks change, and how many change.
+
+    A fallback is a weight of a K-quant level whose rows are not a multiple of 256 and whose type
+    `FALLBACK_REPLACEMENTS` replaces (at `q5_0`, llama.cpp picks Q5_1 for the first ffn_down
+    weights on purpose; kept). Every other quantized weight is forced to the type it has now:
+    llama.cpp skips its mixture rules for a forced weight, and those rules count the attn_v and
+    ffn_down weights they see, so forcing only some would move the others' types.
+    """
+    if not LEVELS[level][1].endswith("_K"):
+        return {}, 0
+    reader = gguf.GGUFReader(str(path), "r")
+    weights = [
+        t for t in reader.tensors
+        if len(t.shape) >= 2
+        and t.name not in (TOKEN_EMBEDDING, OUTPUT)
+        and t.tensor_type.name not in UNQUANTIZED
+    ]  # fmt: skip
+    replaced = {
+        t.name: FALLBACK_REPLACEMENTS[t.tensor_type.name]
+        for t in weights
+        if t.tensor_type.name in FALLBACK_REPLACEMENTS and int(t.shape[0]) % K_BLOCK
+    }
+    if not replaced:
+        return {}, 0
+    return {t.name: replaced.get(t.name, t.tensor_type.name) for t in weights}, len(replaced)
+
+
+def _tensor_overrides(types: dict[str, str]) -> ctypes.Array:
+    """`llama_model_tensor_override` entries, one anchored pattern per weight; a NULL pattern ends them."""
+    overrides = (llama_cpp.llama_model_tensor_override * (len(types) + 1))()
+    for override, (name, kind) in zip(overrides, sorted(types.items()), strict=False):
+        override.pattern = f"^{re.escape(name)}$".encode()
+        override.type = getattr(llama_cpp, f"GGML_TYPE_{kind}")
+    return overrides
+
+
+def _quantize_once(
+    source: Path,
+    destination: Path,
+    level: str,
+    threads: int | None,
+    token_embedding: EmbeddingType,
+    imatrix: ImportanceMatrix | None,
+    types: dict[str, str],
+    replaced: int,
+) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LEVELS[level][0]
     params.nthread = threads or os.cpu_count() or 1
@@ -126,12 +203,24 @@ def quantize(
         params.token_embedding_type = fixed
         params.output_tensor_type = fixed
     keep: list[object] = []
+    keys: list[tuple[str, int | str]] = []
     if imatrix is not None and imatrix.values:
         entries, keep = _imatrix_array(imatrix)
-        overrides = _kv_array(imatrix)
-        keep += [entries, overrides]
+        keep.append(entries)
+        keys += _imatrix_keys(imatrix)
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if replaced:
+        keys.append((KEY_REPLACED_FALLBACKS, replaced))
+    if keys:
+        overrides = _kv_array(keys)
+        keep.append(overrides)
         params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    if types:
+        tensor_overrides = _tensor_overrides(types)
+        keep.append(tensor_overrides)
+        params.tt_overrides = ctypes.cast(
+            tensor_overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        )
     # llama.cpp logs every tensor through llama-cpp-python's logger; keep only its errors.
     llama_logger = logging.getLogger("llama-cpp-python")
     level_before = llama_logger.level
@@ -143,7 +232,6 @@ def quantize(
     del keep  # the buffers had to outlive the call
     if status != 0 or not destination.is_file():
         raise QuantizeError(f"llama_model_quantize to {level} failed with status {status}")
-    return destination
 
 
 def tensor_types(path: Path, level: str) -> TensorTypes:
@@ -152,6 +240,7 @@ def tensor_types(path: Path, level: str) -> TensorTypes:
     main = LEVELS[level][1]
     weights = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
     chunks = reader.get_field(KEY_CHUNKS)
+    replaced = reader.get_field(KEY_REPLACED_FALLBACKS)
     return TensorTypes(
         level=level,
         main_type=main,
@@ -160,6 +249,7 @@ def tensor_types(path: Path, level: str) -> TensorTypes:
         token_embedding=weights.get(TOKEN_EMBEDDING),
         output=weights.get(OUTPUT),
         imatrix_rows=int(chunks.contents()) if chunks is not None else None,
+        replaced_fallbacks=int(replaced.contents()) if replaced is not None else 0,
     )
 
 
@@ -172,4 +262,8 @@ def made_with(types: TensorTypes, options: QuantizeOptions) -> bool:
     output_ok = options.token_embedding == "level" or types.output in (None, wanted)
     # Presence, not the count: a run with fewer training rows than asked for uses them all.
     imatrix_ok = (types.imatrix_rows is not None) == (options.imatrix_rows > 0)
-    return embedding_ok and output_ok and imatrix_ok
+    # At a K-quant level every weight of a replaced type is a fallback (llama.cpp picks Q5_1 on
+    # purpose only at q4_0/q5_0), so a file still holding one was made without the replacement.
+    replaceable = types.main_type.endswith("_K") and any(k in FALLBACK_REPLACEMENTS for k in types.counts)
+    fallbacks_ok = not replaceable if options.replace_fallbacks else types.replaced_fallbacks == 0
+    return embedding_ok and output_ok and imatrix_ok and fallbacks_ok

@@ -4,8 +4,9 @@ The defaults: the token embedding (SmolLM2's output head is tied to it) kept at 
 importance matrix from 64 training rows. Measured on the default base with customer-support rows
 (BENCHMARKS.md, "Quantization"; `bench/quant_fidelity.py`): the matrix brings Q5_K_M to Q8_0's
 fidelity to F16 and cuts Q4_K_M's KL by 41%; an F16 embedding gained little (KL 0.039 -> 0.035 at
-Q4_K_M) for 26.5 MB more. Their effect on a trained router's accuracy per level is still to be
-measured (issue #14); `QuantizeOptions.plain()` gives llama.cpp's own choices.
+Q4_K_M) for 26.5 MB more. A third default gives the weights llama.cpp would fall back to Q5_1
+(Q5_K_M on a 576-wide base) Q5_0 instead: on the trained routers Q5_1 is what made Q5_K_M the
+worst level. `QuantizeOptions.plain()` gives llama.cpp's own choices.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ class QuantizeOptions(BaseModel):
 
     token_embedding: EmbeddingType = DEFAULT_EMBEDDING_TYPE
     imatrix_rows: int = Field(default=DEFAULT_IMATRIX_ROWS, ge=0)  # training rows; 0: no imatrix
+    # Weights llama.cpp falls back to Q5_1 (Q5_K with rows not a multiple of 256) made Q5_0 instead:
+    # Q5_1 is what made Q5_K_M the worst level of every trained router (`quantize.py`).
+    replace_fallbacks: bool = True
 
     @classmethod
     def plain(cls) -> QuantizeOptions:
-        """llama.cpp's defaults: no importance matrix, the embedding type left to the level."""
-        return cls(token_embedding="level", imatrix_rows=0)
+        """llama.cpp's defaults: no importance matrix, the embedding type left to the level, its fallbacks."""
+        return cls(token_embedding="level", imatrix_rows=0, replace_fallbacks=False)

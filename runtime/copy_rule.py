@@ -4,7 +4,8 @@
 `copy_rule=False`). Per request it gives a `CopyTracker` over the request's text (`tracker`);
 when decoding reaches a dead end inside a copied argument (no span of this request fits it: a
 pattern, a format or a `minLength` no span meets; or, with `min_span_mass`, an optional
-argument the model opened while giving the request's spans less probability than that),
+argument the model opened while giving the request's spans less probability than that, and with
+`min_required_span_mass` the same for a required one),
 `fall_back` says how to decode again: an optional argument is left out of that tool's grammar,
 a required one takes its tool out of the choice (no_tool stays, unless the caller asked for a
 call). Each retry removes something, so a request ends in a call, no_tool or, with no_tool
@@ -41,11 +42,13 @@ class CopyRule:
         copied: tuple[CopiedArgument, ...],
         options: GrammarOptions,
         min_span_mass: float = 0.0,
+        min_required_span_mass: float = 0.0,
     ) -> None:
         self.catalogue = catalogue
         self.copied = copied
         self.options = options
         self.min_span_mass = min_span_mass
+        self.min_required_span_mass = min_required_span_mass
         self.limits: dict[str, dict[str, FieldLimits]] = copied_limits(
             catalogue.tools, copied, options.max_string_length
         )
@@ -60,7 +63,9 @@ class CopyRule:
         """A tracker for one request's output; None when no tool has a copied argument."""
         if not self.limits:
             return None
-        return CopyTracker(RequestText(request), self.limits, self.optional, self.min_span_mass)
+        return CopyTracker(
+            RequestText(request), self.limits, self.optional, self.min_span_mass, self.min_required_span_mass
+        )
 
     def fall_back(self, names: tuple[str, ...], dropped: Dropped, tool: str, argument: str) -> Fallback:
         """After a dead end in `tool`'s copied `argument`: leave it (or its optional ancestor) out,

@@ -163,7 +163,7 @@ class CopyTracker:
 
     __slots__ = (
         "_copied", "_memo", "_optional", "_text", "buffer", "cursor", "escape", "in_string", "kind",
-        "min_span_mass", "rejected", "stack", "tool",
+        "min_required_span_mass", "min_span_mass", "rejected", "stack", "tool",
     )  # fmt: skip
 
     def __init__(
@@ -172,14 +172,16 @@ class CopyTracker:
         copied: Mapping[str, Mapping[str, FieldLimits]],
         optional: Mapping[str, frozenset[str]] | None = None,
         min_span_mass: float = 0.0,
+        min_required_span_mass: float = 0.0,
     ) -> None:
         self._text = request
         self._copied = copied
         # {tool: copied argument paths a call may leave out}, and the least probability the
         # model must give, at each step of one of those values, to what the rule allows there
-        # (`gives_up`); 0 never gives up.
+        # (`gives_up`); 0 never gives up. The required arguments have a cut-off of their own.
         self._optional = optional or {}
         self.min_span_mass = min_span_mass
+        self.min_required_span_mass = min_required_span_mass
         self.stack: tuple[tuple[str, str, bool, str], ...] = ()  # (kind o|a, path, expect_key, key)
         self.in_string = False
         self.kind = ""  # the open string: key | tool | value | copy
@@ -209,27 +211,33 @@ class CopyTracker:
         return (self.tool, path) if self.tool and path else None
 
     def gives_up(self, span_mass: float) -> bool:
-        """Inside an optional copied value, with `span_mass` the model's probability of the
-        tokens the rule allows next (extending a span of the request, or closing it): whether to
-        leave the argument out instead (the router decodes again without it, as at a dead end).
-        A model that opens an optional argument the request has no value for wants a value it
-        would invent (an order id in a request that has none): the rule would then force some
+        """Inside a copied value, with `span_mass` the model's probability of the tokens the rule
+        allows next (extending a span of the request, or closing it): whether to give the value
+        up (the router decodes again as at a dead end: without an optional argument, without a
+        required argument's tool).
+        A model that opens an argument the request has no value for wants a value it would
+        invent (an order id in a request that has none): the rule would then force some
         unrelated span ("kenji", "10" of "10 days ago"), while the model's own mass sits
-        elsewhere, at the opening or where the span ends short of what it wanted.
+        elsewhere, at the opening or where the span ends short of what it wanted. For a required
+        argument that call is wrong whatever span it copies: the request lacks what the tool needs.
         """
-        return self.guarded and span_mass < self.min_span_mass
+        cut_off = self._cut_off()
+        return cut_off > 0.0 and span_mass < cut_off
 
     @property
     def guarded(self) -> bool:
-        """Inside an optional copied value, with a cut-off set: where `gives_up` can say yes, so
-        the only steps whose span mass (a softmax over the whole vocabulary) is worth computing."""
+        """Inside a copied value with a cut-off set: where `gives_up` can say yes, so the only
+        steps whose span mass (a softmax over the whole vocabulary) is worth computing."""
+        return self._cut_off() > 0.0
+
+    def _cut_off(self) -> float:
+        """The open copied value's cut-off: the optional or the required one; 0 outside a value."""
         cursor = self.cursor
-        return (
-            self.min_span_mass > 0.0
-            and cursor is not None
-            and self.tool is not None
-            and cursor.path in self._optional.get(self.tool, ())
-        )
+        if cursor is None or self.tool is None:
+            return 0.0
+        if cursor.path in self._optional.get(self.tool, ()):
+            return self.min_span_mass
+        return self.min_required_span_mass
 
     def allows(self, piece: bytes) -> bool:
         probe = self.copy()

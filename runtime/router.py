@@ -141,6 +141,13 @@ MAX_CACHED_GRAMMARS = 32
 # all fix the same case and 0.1 is the least that does; the model's mass on the wrong spans it
 # copies is mostly high, so the rule is a guard, not the fix for that error.
 DEFAULT_MIN_SPAN_MASS = 0.1
+# The same for a required copied argument, where giving up takes the tool out of the choice (the
+# request lacks what the tool needs; no_tool stays). 0: never. Picked on the customer-support
+# validation rows with the top-16 Q4_K_M router (BENCHMARKS.md, "Required copied arguments"):
+# 0.3 had the most exact calls (0.734 against 0.726 off; 0.2 ties, with one more silent error) and
+# took false calls from 7 to 4 of 34 out-of-scope rows. A trained model copies a real order id
+# with nearly all its mass; "Tom Becker" as an order id gets a fraction of it.
+DEFAULT_MIN_REQUIRED_SPAN_MASS = 0.3
 
 HistoryItem = Turn | Mapping[str, str]
 
@@ -229,6 +236,7 @@ class Router:
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
         min_key_probability: float = 0.0,
+        min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -244,9 +252,11 @@ class Router:
         self.call_score = call_score
         # The file's copied arguments; `copy_rule=False` decodes with the grammar alone.
         copied = metadata.copied(catalogue) if copy_rule else ()
-        if not 0.0 <= min_span_mass < 1.0:
-            raise ValueError(f"min_span_mass must be within [0, 1), not {min_span_mass}")
-        self.copy_rule = CopyRule(catalogue, copied, metadata.options, min_span_mass)
+        cut_offs = {"min_span_mass": min_span_mass, "min_required_span_mass": min_required_span_mass}
+        for name, cut_off in cut_offs.items():
+            if not 0.0 <= cut_off < 1.0:
+                raise ValueError(f"{name} must be within [0, 1), not {cut_off}")
+        self.copy_rule = CopyRule(catalogue, copied, metadata.options, min_span_mass, min_required_span_mass)
         # The key rule (key_rule.py): off by default; picked on validation rows it has not paid yet.
         if not 0.0 <= min_key_probability < 1.0:
             raise ValueError(f"min_key_probability must be within [0, 1), not {min_key_probability}")
@@ -323,6 +333,7 @@ class Router:
         max_answer_tokens: int = DEFAULT_ANSWER_TOKENS,
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
         min_key_probability: float = 0.0,
+        min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -340,7 +351,8 @@ class Router:
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
         `min_span_mass`: an optional copied argument is left out when, at some step of its value,
         the model gives what the copy rule allows less probability than this
-        (`CopyTracker.gives_up`; 0: never).
+        (`CopyTracker.gives_up`; 0: never). `min_required_span_mass`: the same for a required
+        copied argument, whose tool then leaves the choice (the request lacks what it needs).
         `min_key_probability`: an optional argument the model wrote with less probability than
         this is left out and the request decoded again (`key_rule.py`; 0, the default: off).
         """
@@ -383,6 +395,7 @@ class Router:
                 max_answer_tokens=max_answer_tokens,
                 min_span_mass=min_span_mass,
                 min_key_probability=min_key_probability,
+                min_required_span_mass=min_required_span_mass,
             )
         except GrammarLoadError as exc:
             llama.close()

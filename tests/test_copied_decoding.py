@@ -91,7 +91,9 @@ def picky(tmp_path_factory) -> Iterator[Router]:
     options = GrammarOptions(max_string_length=64, max_reason_length=6)
     metadata = runtime_support.router_metadata(PICKY, options=options, copied=PICKY_COPIED)
     path = runtime_support.tiny_router_file(tmp_path_factory, "tiny-picky.gguf", **metadata.model_dump())
-    with Router.load(path, n_threads=1) as loaded:
+    # The random model spreads its mass over 49k tokens: the required cut-off (made for trained
+    # routers) would give up every value, and these tests are about which spans fit.
+    with Router.load(path, n_threads=1, min_required_span_mass=0.0) as loaded:
         yield loaded
 
 
@@ -274,6 +276,22 @@ def test_the_tracker_gives_up_only_inside_an_optional_copied_value():
     assert never.push(b'{"tool":"escalate","arguments":{"order_id":"') and not never.gives_up(0.0)
 
 
+def test_a_required_copied_value_has_a_cut_off_of_its_own():
+    field = FieldLimits(1, 12)
+    limits = {"escalate": {"order_id": field}, "track_order": {"order_id": field}}
+    optional = {"escalate": frozenset({"order_id"})}
+
+    def opened(tool: str, required: float) -> CopyTracker:
+        tracker = CopyTracker(RequestText("ORD-1 is late"), limits, optional, 0.1, required)
+        assert tracker.push(f'{{"tool":"{tool}","arguments":{{"order_id":"'.encode())
+        return tracker
+
+    assert opened("track_order", 0.3).guarded and opened("track_order", 0.3).gives_up(0.2)
+    assert not opened("track_order", 0.3).gives_up(0.4)
+    assert not opened("track_order", 0.0).guarded  # off: a required value is never given up
+    assert opened("escalate", 0.3).gives_up(0.05) and not opened("escalate", 0.3).gives_up(0.2)  # its own
+
+
 def test_an_optional_copied_argument_the_model_gives_little_span_mass_is_left_out(copy_file):
     """The tiny model's probabilities are spread over 49k tokens, so the spans' mass at an opening
     is tiny: with a cut-off just under 1 every optional copied argument it opens is left out (and
@@ -281,7 +299,7 @@ def test_an_optional_copied_argument_the_model_gives_little_span_mass_is_left_ou
     requests = [f"escalate ORD-{n} now, order {n}7 please" for n in range(12)]
     with (
         Router.load(copy_file, n_threads=1, min_span_mass=0.0) as never,
-        Router.load(copy_file, n_threads=1, min_span_mass=0.999999) as strict,
+        Router.load(copy_file, n_threads=1, min_span_mass=0.999999, min_required_span_mass=0.0) as strict,
     ):
         opened = 0
         for request in requests:
@@ -296,3 +314,23 @@ def test_an_optional_copied_argument_the_model_gives_little_span_mass_is_left_ou
         assert opened > 0  # the rule had something to leave out
     with pytest.raises(ValueError, match="min_span_mass"):
         Router.load(copy_file, n_threads=1, min_span_mass=1.0)
+
+
+def test_a_required_copied_argument_the_model_gives_little_span_mass_drops_its_tool(copy_file):
+    """With the required cut-off just under 1, the tiny model's spread-out probabilities give up
+    every required value: its tool leaves the choice, so the request ends in no_tool, or in the
+    invalid result when a call was demanded of that tool alone; never a hang, never a made-up span.
+    Off (0) the same requests get their call."""
+    requests = [f"track ORD-{n} please" for n in range(6)]
+    with (
+        Router.load(copy_file, n_threads=1, min_required_span_mass=0.0) as never,
+        Router.load(copy_file, n_threads=1, min_required_span_mass=0.999999) as strict,
+    ):
+        for request in requests:
+            plain = never.route(request, tools=["track_order"], no_tool=False)
+            assert plain.kind == "call" and is_span(plain.call.arguments["order_id"], request)
+            assert strict.route(request, tools=["track_order"]).kind == "no_tool"
+            forced = strict.route(request, tools=["track_order"], no_tool=False)
+            assert forced.kind == "invalid" and forced.call is None
+    with pytest.raises(ValueError, match="min_required_span_mass"):
+        Router.load(copy_file, n_threads=1, min_required_span_mass=1.0)

@@ -83,6 +83,29 @@ def test_files_say_how_they_were_quantized(exported):
     assert made_with(q8_embedding.types, QuantizeOptions(imatrix_rows=0))
 
 
+def test_q5_k_fallback_is_q5_0_not_q5_1(exported, tmp_path):
+    # The tiny model's 64-wide rows cannot take Q5_K; llama.cpp makes them Q5_1, the export Q5_0,
+    # and the file says how many it replaced, so a bench can tell the two files apart.
+    report, *_ = exported
+    f16 = next(f for f in report.files if f.level == "f16").path
+    llama = tensor_types(quantize(f16, tmp_path / "llama.gguf", "q5_k_m"), "q5_k_m")
+    replaced = tensor_types(quantize(f16, tmp_path / "ours.gguf", "q5_k_m", replace_fallbacks=True), "q5_k_m")
+    assert llama.counts.get("Q5_1", 0) > 0 and llama.replaced_fallbacks == 0
+    assert "Q5_1" not in replaced.counts
+    assert replaced.replaced_fallbacks == llama.counts["Q5_1"]
+    assert replaced.counts["Q5_0"] == llama.counts["Q5_1"] + llama.counts.get("Q5_0", 0)
+    # Only Q5_1 is touched: every other weight keeps llama.cpp's type.
+    for name, kind in llama.other.items():
+        if kind != "Q5_1":
+            assert replaced.other.get(name, replaced.main_type) == kind
+    plain, ours = QuantizeOptions.plain(), QuantizeOptions(imatrix_rows=0, token_embedding="level")
+    assert made_with(llama, plain) and not made_with(llama, ours)
+    assert made_with(replaced, ours) and not made_with(replaced, plain)
+    # At q5_0 llama.cpp's own Q5_1 choices (the first ffn_down weights, with an imatrix) are no fallbacks.
+    q5_0 = quantize(f16, tmp_path / "q5_0.gguf", "q5_0", replace_fallbacks=True)
+    assert tensor_types(q5_0, "q5_0").replaced_fallbacks == 0
+
+
 def test_importance_matrix_is_the_mean_squared_input_per_column():
     import torch
 
@@ -161,5 +184,7 @@ def test_export_and_bench_flags_make_the_options():
     assert quantize_options(parser.parse_args(["--plain-quant"])) == QuantizeOptions.plain()
     chosen = parser.parse_args(["--token-embedding", "f16", "--imatrix-rows", "0"])
     assert quantize_options(chosen) == QuantizeOptions(token_embedding="f16", imatrix_rows=0)
+    kept = quantize_options(parser.parse_args(["--llama-fallbacks"]))
+    assert kept == QuantizeOptions(replace_fallbacks=False)
     with pytest.raises(ValueError, match="--imatrix-rows must be 0 or more"):
         quantize_options(parser.parse_args(["--imatrix-rows", "-1"]))
