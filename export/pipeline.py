@@ -257,6 +257,8 @@ def format_report(report: ExportReport) -> str:
         other = ", ".join(
             f"{k} {v}" for k, v in file.tensor_types.counts.items() if k != file.tensor_types.main_type
         )
+        if replaced := file.tensor_types.replaced_fallbacks:
+            other += f" ({replaced} at Q5_0 in place of llama.cpp's Q5_1 fallback)"
         parity = "" if file.parity_with_f16 is None else f"{file.parity_with_f16:.1%}"
         lines.append(
             f"| {file.level} | {file.size_bytes / 1e6:.1f} | {file.seconds} | {parity} | "
