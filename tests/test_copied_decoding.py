@@ -334,3 +334,32 @@ def test_a_required_copied_argument_the_model_gives_little_span_mass_drops_its_t
             assert forced.kind == "invalid" and forced.call is None
     with pytest.raises(ValueError, match="min_required_span_mass"):
         Router.load(copy_file, n_threads=1, min_required_span_mass=1.0)
+
+
+@pytest.mark.parametrize("command", ["route", "eval"])
+def test_the_commands_pass_the_required_cut_off_to_the_router(command, copy_file, monkeypatch, tmp_path):
+    from toolroute.cli import main
+
+    seen: dict = {}
+
+    class Loaded(Exception):
+        pass
+
+    def load(path, **options):
+        seen.update(options)
+        raise Loaded
+
+    monkeypatch.setattr(Router, "load", staticmethod(load))
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"request": "track ORD-1", "tool": "track_order", "arguments": {"order_id": "ORD-1"}}\n')
+    argv = {
+        "route": ["route", str(copy_file), "track ORD-1"],
+        "eval": ["eval", "--model", str(copy_file), "--data", str(data)],
+    }[command]
+    with pytest.raises(Loaded):
+        main([*argv, "--min-required-span-mass", "0.25"])
+    assert seen["min_required_span_mass"] == 0.25
+    seen.clear()
+    with pytest.raises(Loaded):
+        main(argv)
+    assert "min_required_span_mass" not in seen  # the runtime's default
