@@ -87,6 +87,12 @@ class TrainConfig(BaseModel):
     augment: int = Field(
         0, ge=0, description="new rows per training row by swapping span values (toolroute data augment)"
     )
+    no_tool_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="repeat no_tool rows until they are at least this share of the rows (0: as given)",
+    )
     decision_loss: bool = Field(
         False,
         description="loss only on the completion tokens the model decides (not those the grammar forces)",

@@ -50,6 +50,7 @@ class RunManifest(BaseModel):
     # (absent in manifests written before: planned by hand, not augmented).
     plan: TrainingPlan | None = None
     augmentation: AugmentCounts | None = None
+    no_tool_repeated: int = 0  # no_tool rows repeated for `no_tool_share` (absent before: none)
     # Answer-step rows the run trained (the reply to a tool's output); 0: it learned routing only
     # (absent in manifests written before: 0). Export writes it into the router file.
     answer_rows: int = 0

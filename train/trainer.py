@@ -28,6 +28,7 @@ from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.resources import peak_rss_mb
 
 from .augment import augment_examples, format_counts
+from .balance import balance_no_tool
 from .bases import Base, file_sha256
 from .checkpoints import last_complete_checkpoint
 from .config import TrainConfig
@@ -239,6 +240,14 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         )
         print(format_counts(augmentation.counts))
         train_examples = [*train_examples, *augmentation.added]
+    no_tool_repeated = 0
+    if config.no_tool_share:  # after augmentation, which adds call rows only
+        train_examples, no_tool_repeated = balance_no_tool(train_examples, config.no_tool_share)
+        no_tool_rows = sum(example.target.is_no_tool for example in train_examples)
+        print(
+            f"no_tool rows: {no_tool_repeated} repeated, {no_tool_rows} of {len(train_examples)} "
+            f"({no_tool_rows / len(train_examples):.1%}; asked for {config.no_tool_share:.0%})"
+        )
     recipe, reason = choose_recipe(config, cuda)
     config = apply_recipe(config, recipe, given)  # the prompt mode and max length render the rows
 
@@ -320,6 +329,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         copied_arguments=copy_decisions,
         plan=plan,
         augmentation=augmentation.counts if augmentation else None,
+        no_tool_repeated=no_tool_repeated,
         answer_rows=splits[0].answer_rows,
         data={split.name: split.identity() for split in splits},
         config=config.model_dump(mode="json"),
