@@ -138,7 +138,8 @@ def quantize(
     `token_embedding` fixes the type of the token embedding and of a separate output head ("level"
     leaves both to llama.cpp); `imatrix` weighs each column's rounding error by its activations;
     `replace_fallbacks` gives the weights that llama.cpp fell back to a type in
-    `FALLBACK_REPLACEMENTS` the replacement instead (a second pass naming exactly those weights).
+    `FALLBACK_REPLACEMENTS` the replacement instead (a second pass that names every weight's type,
+    `fallbacks_to_replace`), and leaves every other weight's type as llama.cpp chose it.
     """
     _quantize_once(source, destination, level, threads, token_embedding, imatrix, {}, 0)
     if replace_fallbacks:

@@ -37,7 +37,8 @@ def _requests(count: int) -> list[str]:
 def test_the_real_base_writes_only_spans_with_the_rule_on(real_copied, tmp_path_factory):
     requests = [*_requests(12), 'where is "ORD-77\\x"? 😀', "Order nº 5512 — où est-il ?"]
     spans = others = 0
-    with Router.load(real_copied, n_threads=2) as router:
+    # The required cut-off off: the untuned base means little by its spans, and a call is demanded.
+    with Router.load(real_copied, n_threads=2, min_required_span_mass=0.0) as router:
         assert len(router.copy_rule.copied) == 3
         for text in requests:
             # Narrowed to one tool and a call required, every output writes a copied value.
