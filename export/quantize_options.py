@@ -5,8 +5,9 @@ importance matrix from 64 training rows. Measured on the default base with custo
 (BENCHMARKS.md, "Quantization"; `bench/quant_fidelity.py`): the matrix brings Q5_K_M to Q8_0's
 fidelity to F16 and cuts Q4_K_M's KL by 41%; an F16 embedding gained little (KL 0.039 -> 0.035 at
 Q4_K_M) for 26.5 MB more. A third default gives the weights llama.cpp would fall back to Q5_1
-(Q5_K_M on a 576-wide base) Q5_0 instead: on the trained routers Q5_1 is what made Q5_K_M the
-worst level. `QuantizeOptions.plain()` gives llama.cpp's own choices.
+(Q5_K_M on a 576-wide base) Q5_0 instead: on the trained customer-support routers Q5_1 is what
+made Q5_K_M the worst level (on the untuned base it is not). `QuantizeOptions.plain()` gives
+llama.cpp's own choices.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class QuantizeOptions(BaseModel):
     token_embedding: EmbeddingType = DEFAULT_EMBEDDING_TYPE
     imatrix_rows: int = Field(default=DEFAULT_IMATRIX_ROWS, ge=0)  # training rows; 0: no imatrix
     # Weights llama.cpp falls back to Q5_1 (Q5_K with rows not a multiple of 256) made Q5_0 instead:
-    # Q5_1 is what made Q5_K_M the worst level of every trained router (`quantize.py`).
+    # Q5_1 is what made Q5_K_M the worst level of the trained customer-support routers (`quantize.py`).
     replace_fallbacks: bool = True
 
     @classmethod
