@@ -85,6 +85,11 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
             constrained=not args.unconstrained, catalogue_sha256=router.catalogue.sha256,
             sha256=file_sha256(model), prompt_mode=router.metadata.prompt_mode,
             copied_arguments=[entry.key for entry in router.copy_rule.copied],
+            cut_offs={
+                "min_span_mass": router.copy_rule.min_span_mass,
+                "min_required_span_mass": router.copy_rule.min_required_span_mass,
+                "min_key_probability": router.min_key_probability,
+            },
         )  # fmt: skip
         stored = StoredRules(
             min_confidence=router.metadata.threshold,

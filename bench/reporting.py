@@ -39,6 +39,9 @@ class ModelInfo(BaseModel):
     sha256: str | None = None  # the GGUF's; a run is identified by its manifest
     prompt_mode: str | None = None
     copied_arguments: list[str] | None = None  # held to request spans while scoring (None: n/a)
+    # The router's decoding cut-offs the outputs were made with (min_span_mass,
+    # min_required_span_mass, min_key_probability), so a report says which defaults it ran under.
+    cut_offs: dict[str, float] | None = None
 
 
 class DataInfo(BaseModel):
@@ -173,6 +176,11 @@ def markdown(document: EvalDocument) -> str:
         f"# Evaluation: `{model.path}`",
         "",
         f"- backend: {model.backend}; prompt mode: {model.prompt_mode or 'n/a'}",
+        *(
+            ["- cut-offs: " + ", ".join(f"{name} {value:g}" for name, value in model.cut_offs.items())]
+            if model.cut_offs
+            else []
+        ),
         f"- data: `{data.path}` ({data.examples} examples, sha256 {data.sha256[:12]})",
         "",
         "| the four numbers | |",

@@ -72,6 +72,10 @@ def test_eval_cli_on_a_gguf_writes_reports_and_picks_a_threshold(tiny_copy, caps
     markdown = (out / "eval.md").read_text()
     for heading in ("the four numbers", "Confusion matrix", "Per-argument accuracy", "worst errors"):
         assert heading in markdown
+    # The decoding cut-offs the outputs were made with: the runtime's defaults here.
+    cut_offs = document["model"]["cut_offs"]
+    assert cut_offs == {"min_span_mass": 0.1, "min_required_span_mass": 0.3, "min_key_probability": 0.0}
+    assert "- cut-offs: min_span_mass 0.1, min_required_span_mass 0.3, min_key_probability 0" in markdown
     assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
     rule = document["call_threshold"]["rule"]
     assert rule is not None and document["written_to"] == str(tiny_copy)
