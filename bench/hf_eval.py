@@ -41,21 +41,18 @@ NO_TOOL_PREFIX = f'{{"tool":"{NO_TOOL}"'
 
 
 class HfRouter:
-    """A run's base + adapter, merged in memory (fp32), with the run's prompt and catalogue."""
+    """A run's trained model in memory (fp32; LoRA merged), with the run's prompt and catalogue."""
 
     def __init__(self, run_path: str | Path, copy_rule: bool = True) -> None:
         import torch
-        from peft import PeftModel
         from transformers import AutoTokenizer
 
-        from toolroute.train.bases import Base
+        from toolroute.train.weights import load_trained_model
 
         self.run = RunDir(Path(run_path))
         self.manifest: RunManifest = self.run.load_manifest()
         self.catalogue = run_catalogue(run_path)
-        base = Base.resolve(self.manifest.base.spec)
-        model = base.load_model(torch.float32)
-        self.model = PeftModel.from_pretrained(model, str(self.run.adapter)).merge_and_unload().eval()
+        self.model = load_trained_model(self.run, self.manifest, torch.float32).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.run.tokenizer))
         template = ChatTemplate(
             template=self.manifest.chat_template,

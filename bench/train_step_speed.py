@@ -401,9 +401,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from toolroute.train.config import load_config
+    from toolroute.train.recipe import METHOD_LEARNING_RATE
 
     torch.set_num_threads(args.threads)
     config = load_config(args.config, {"base": args.base})
+    # The variants other than `full` are LoRA steps (the bar is set on the LoRA settings),
+    # at LoRA's rate unless the config gives one.
+    given = "learning_rate" in config.model_fields_set
+    rate = config.learning_rate if given else METHOD_LEARNING_RATE["lora"]
+    config = config.model_copy(update={"method": "lora", "learning_rate": rate})
     variants = [VARIANTS[v] for v in args.variants.split(",")]
     modes = [
         run_mode(

@@ -26,6 +26,7 @@ def quantize_options(args: argparse.Namespace) -> QuantizeOptions:
         token_embedding=args.token_embedding,
         imatrix_rows=args.imatrix_rows,
         replace_fallbacks=not args.llama_fallbacks,
+        pick_imatrix=not args.always_imatrix,
     )
 
 
@@ -44,6 +45,11 @@ def add_quantize_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--imatrix-rows", type=int, default=DEFAULT_IMATRIX_ROWS,
         help=f"training rows for the importance matrix; 0 quantizes without one ({DEFAULT_IMATRIX_ROWS})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--always-imatrix", action="store_true",
+        help="keep the importance matrix in every quantized level (default: each level is made with "
+        "and without it, and the file closer to F16 on the parity prompts is kept)",
     )  # fmt: skip
     parser.add_argument(
         "--llama-fallbacks", action="store_true",

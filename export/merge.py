@@ -1,12 +1,13 @@
-"""Merge a run's LoRA adapter into its base and save a plain Hugging Face directory."""
+"""A run's trained model (LoRA merged into its base, or its fully fine-tuned layers) saved as a
+plain Hugging Face directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from toolroute.train.bases import Base, file_sha256
 from toolroute.train.run_dir import RunDir, RunManifest
+from toolroute.train.weights import load_trained_model
 
 
 class MergeError(RuntimeError):
@@ -14,17 +15,13 @@ class MergeError(RuntimeError):
 
 
 def merge_run(run: RunDir, manifest: RunManifest, out_dir: Path, dtype: Any) -> tuple[Any, Any]:
-    """Base + adapter -> merged weights in `out_dir` (safetensors, config, tokenizer, chat template)."""
-    from peft import PeftModel
+    """Base + the run's training -> weights in `out_dir` (safetensors, config, tokenizer, chat template)."""
     from transformers import AutoTokenizer
 
-    base = Base.resolve(manifest.base.spec)
-    if base.kind == "gguf" and file_sha256(Path(base.location)) != manifest.base.sha256:
-        raise MergeError(
-            f"base {manifest.base.spec!r} ({base.location}) is not the file the run was trained on"
-        )
-    model = base.load_model(dtype)
-    merged = PeftModel.from_pretrained(model, str(run.adapter)).merge_and_unload()
+    try:
+        merged = load_trained_model(run, manifest, dtype)
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
     tokenizer = AutoTokenizer.from_pretrained(str(run.tokenizer))
     # The template the router was trained with goes into the HF directory, and from there
     # through the converter into the GGUF (`tokenizer.chat_template`).

@@ -76,6 +76,37 @@ def hf_agrees(model: Any, references: Sequence[Greedy], batch_size: int = 8) -> 
     return verdicts
 
 
+def gguf_reference_nll(path: Path, references: Sequence[Greedy]) -> float:
+    """Mean negative log-likelihood per token of the reference outputs under the file at `path`,
+    teacher-forced (one batch per prompt): how far a quantized file strays from F16's own choices.
+    Continuous, so a handful of prompts still rank two files that agree on every greedy output."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    scored = [r for r in references if r.output_ids]
+    if not scored:
+        return 0.0
+    # Logits for every position: llama-cpp-python holds n_ctx x vocabulary floats, so no more context
+    # than the longest sequence needs.
+    n_ctx = max(len(r.prompt_ids) + len(r.output_ids) for r in scored) + 8
+    llama = Llama(str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=True, verbose=False)
+    total, count = 0.0, 0
+    try:
+        for reference in tqdm(scored, desc=f"closeness to F16: {path.name}", leave=False):
+            llama.reset()
+            llama.eval(reference.prompt_ids + reference.output_ids)
+            first = len(reference.prompt_ids) - 1  # the logits at position i predict token i + 1
+            logits = np.asarray(llama.scores[first : first + len(reference.output_ids)], dtype=np.float64)
+            top = logits.max(axis=1)
+            log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+            chosen = logits[np.arange(len(reference.output_ids)), reference.output_ids]
+            total += float((log_z - chosen).sum())
+            count += len(reference.output_ids)
+    finally:
+        llama.close()
+    return total / count
+
+
 def agreement(first: Sequence[str], second: Sequence[str]) -> float:
     return sum(a == b for a, b in zip(first, second, strict=True)) / len(first) if first else 1.0
 

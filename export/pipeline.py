@@ -9,6 +9,7 @@ removed at the end, so an interrupted export leaves nothing that looks finished.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import time
@@ -30,9 +31,26 @@ from .converter import convert
 from .embed import publish_router_gguf
 from .imatrix import ImportanceMatrix, compute_imatrix, gguf_weight_names
 from .merge import merge_run
-from .parity import TOKENIZER_PROBE_REQUEST, agreement, gguf_greedy, hf_agrees, token_ids
-from .quantize import TensorTypes, quantize, tensor_types
+from .parity import (
+    TOKENIZER_PROBE_REQUEST,
+    Greedy,
+    agreement,
+    gguf_greedy,
+    gguf_reference_nll,
+    hf_agrees,
+    token_ids,
+)
+from .quantize import TensorTypes, quantize, same_weights, tensor_types
 from .quantize_options import QuantizeOptions
+
+
+class ImatrixPick(BaseModel):
+    """A level made with and without the importance matrix, and which file was kept."""
+
+    kept_imatrix: bool
+    nll_with: float  # mean NLL per token of F16's greedy outputs on the parity prompts
+    nll_without: float
+    prompts: int
 
 
 class ExportedFile(BaseModel):
@@ -43,6 +61,7 @@ class ExportedFile(BaseModel):
     seconds: float
     tensor_types: TensorTypes
     parity_with_f16: float | None = None
+    imatrix_pick: ImatrixPick | None = None  # None: not picked (no matrix, no prompts, or the same file)
 
 
 class ImatrixSummary(BaseModel):
@@ -115,6 +134,39 @@ def run_imatrix(
     return compute_imatrix(merged, ids, names, dataset=f"{manifest.name} train rows ({len(ids)})")
 
 
+def _quantize_level(
+    f16: Path,
+    work: Path,
+    level: str,
+    quantization: QuantizeOptions,
+    imatrix: ImportanceMatrix | None,
+    reference: list[Greedy],
+) -> tuple[Path, ImatrixPick | None]:
+    """One quantized level: with the importance matrix, and, when the options pick, also without it,
+    keeping the file whose teacher-forced NLL of F16's greedy outputs is lower (ties: the matrix)."""
+    options = quantization
+    make = functools.partial(
+        quantize, token_embedding=options.token_embedding, replace_fallbacks=options.replace_fallbacks
+    )
+    weighted = make(f16, work / f"{level}.gguf", level, imatrix=imatrix)
+    if imatrix is None or not quantization.pick_imatrix or not reference:
+        return weighted, None
+    plain = make(f16, work / f"{level}.plain.gguf", level, imatrix=None)
+    if same_weights(weighted, plain):  # a level llama.cpp rounds without the matrix (Q8_0)
+        plain.unlink()
+        return weighted, None
+    nll_with, nll_without = gguf_reference_nll(weighted, reference), gguf_reference_nll(plain, reference)
+    kept = nll_with <= nll_without
+    (plain if kept else weighted).unlink()
+    pick = ImatrixPick(
+        kept_imatrix=kept,
+        nll_with=round(nll_with, 5),
+        nll_without=round(nll_without, 5),
+        prompts=len(reference),
+    )
+    return (weighted if kept else plain), pick
+
+
 def export_run(
     run_path: Path,
     levels: list[str],
@@ -154,18 +206,21 @@ def export_run(
             imatrix = run_imatrix(merged, tokenizer, manifest, template, f16, quantization.imatrix_rows)
             seconds["imatrix"] = round(time.perf_counter() - started, 2)
 
+        # F16's greedy outputs on the parity prompts: the reference every level is compared with,
+        # and what the importance-matrix pick measures closeness to.
+        started = time.perf_counter()
+        prompts = _parity_prompts(manifest, template, parity_prompts) if parity_prompts else []
+        reference = gguf_greedy(f16, prompts, 96) if prompts else []
+        seconds["parity"] = round(time.perf_counter() - started, 2)
+
         files: list[ExportedFile] = []
         for level in levels:
             started = time.perf_counter()
+            pick = None
             if level == "f16":
                 source = f16  # the converter's file: nothing to quantize
             else:
-                embedding = quantization.token_embedding
-                target = work / f"{level}.gguf"
-                source = quantize(
-                    f16, target, level, token_embedding=embedding, imatrix=imatrix,
-                    replace_fallbacks=quantization.replace_fallbacks,
-                )  # fmt: skip
+                source, pick = _quantize_level(f16, work, level, quantization, imatrix, reference)
             destination = out_dir / f"{manifest.name}.{level}.gguf"
             digest = publish_router_gguf(source, destination, metadata)
             elapsed = round(time.perf_counter() - started, 2)
@@ -173,7 +228,7 @@ def export_run(
             files.append(
                 ExportedFile(
                     level=level, path=str(destination), size_bytes=destination.stat().st_size, sha256=digest,
-                    seconds=elapsed, tensor_types=tensor_types(destination, level),
+                    seconds=elapsed, tensor_types=tensor_types(destination, level), imatrix_pick=pick,
                 )
             )  # fmt: skip
 
@@ -181,24 +236,24 @@ def export_run(
             TOKENIZER_PROBE_REQUEST
         )
         base = Base.resolve(manifest.base.spec)
-        reference = (
+        base_ids = (
             token_ids(Path(base.location), probe)
             if base.kind == "gguf"
             else tokenizer(probe, add_special_tokens=False)["input_ids"]
         )
-        tokenizer_ok = token_ids(f16, probe) == reference
+        tokenizer_ok = token_ids(f16, probe) == base_ids
 
         started = time.perf_counter()
-        prompts = _parity_prompts(manifest, template, parity_prompts) if parity_prompts else []
-        greedy = {f.level: gguf_greedy(Path(f.path), prompts, 96) for f in files} if prompts else {}
-        reference = greedy.get("f16") or (gguf_greedy(f16, prompts, 96) if prompts else [])
+        greedy = {
+            f.level: reference if f.level == "f16" else gguf_greedy(Path(f.path), prompts, 96) for f in files
+        }
         verdicts = hf_agrees(merged, reference) if prompts else []
         for file in files:
             if prompts:
                 file.parity_with_f16 = agreement(
                     [g.text for g in greedy[file.level]], [g.text for g in reference]
                 )
-        seconds["parity"] = round(time.perf_counter() - started, 2)
+        seconds["parity"] += round(time.perf_counter() - started, 2)
         mismatches = [
             {"prompt_tail": p[-120:], "gguf_f16": r.text}
             for p, r, same in zip(prompts, reference, verdicts, strict=True)
@@ -264,4 +319,11 @@ def format_report(report: ExportReport) -> str:
             f"| {file.level} | {file.size_bytes / 1e6:.1f} | {file.seconds} | {parity} | "
             f"{file.tensor_types.token_embedding} | {other or 'none'} |"
         )
+    for file in report.files:
+        if pick := file.imatrix_pick:
+            verdict = "kept" if pick.kept_imatrix else "left out"
+            lines.append(
+                f"{file.level}: importance matrix {verdict}: NLL of F16's outputs on {pick.prompts} "
+                f"prompts {pick.nll_with:.4f} with it, {pick.nll_without:.4f} without"
+            )
     return "\n".join(lines)

@@ -237,6 +237,19 @@ def _quantize_once(
         raise QuantizeError(f"llama_model_quantize to {level} failed with status {status}")
 
 
+def same_weights(first: Path, second: Path) -> bool:
+    """Whether two GGUF files hold the same tensors, byte for byte (their metadata may differ)."""
+    import numpy as np
+
+    one, other = gguf.GGUFReader(str(first), "r"), gguf.GGUFReader(str(second), "r")
+    if [t.name for t in one.tensors] != [t.name for t in other.tensors]:
+        return False
+    return all(
+        a.tensor_type == b.tensor_type and np.array_equal(np.asarray(a.data), np.asarray(b.data))
+        for a, b in zip(one.tensors, other.tensors, strict=True)
+    )
+
+
 def tensor_types(path: Path, level: str) -> TensorTypes:
     """Which types the weights of a GGUF actually have (1-D norms and biases stay F32 by design)."""
     reader = gguf.GGUFReader(str(path), "r")
@@ -263,8 +276,10 @@ def made_with(types: TensorTypes, options: QuantizeOptions) -> bool:
     wanted = options.token_embedding.upper()
     embedding_ok = options.token_embedding == "level" or types.token_embedding == wanted
     output_ok = options.token_embedding == "level" or types.output in (None, wanted)
-    # Presence, not the count: a run with fewer training rows than asked for uses them all.
-    imatrix_ok = (types.imatrix_rows is not None) == (options.imatrix_rows > 0)
+    # Presence, not the count: a run with fewer training rows than asked for uses them all. With the
+    # pick, a file with the matrix and one without are both what the options make.
+    picked = options.pick_imatrix and options.imatrix_rows > 0
+    imatrix_ok = picked or (types.imatrix_rows is not None) == (options.imatrix_rows > 0)
     # At a K-quant level every weight of a replaced type is a fallback (llama.cpp picks Q5_1 on
     # purpose only at q4_0/q5_0), so a file still holding one was made without the replacement.
     replaceable = types.main_type.endswith("_K") and any(k in FALLBACK_REPLACEMENTS for k in types.counts)

@@ -31,8 +31,13 @@ class QuantizeOptions(BaseModel):
     # Weights llama.cpp falls back to Q5_1 (Q5_K with rows not a multiple of 256) made Q5_0 instead:
     # Q5_1 is what made Q5_K_M the worst level of the trained customer-support routers (`quantize.py`).
     replace_fallbacks: bool = True
+    # Each level quantized with and without the importance matrix, and the file closer to F16 kept
+    # (the mean NLL of F16's greedy outputs on the parity prompts, the run's eval rows): the matrix
+    # helped the LoRA customer-support router at Q4_K_M and cost the fully fine-tuned one 7.6
+    # points of exact calls (BENCHMARKS.md, "Full fine-tuning"), so neither choice is right for all.
+    pick_imatrix: bool = True
 
     @classmethod
     def plain(cls) -> QuantizeOptions:
         """llama.cpp's defaults: no importance matrix, the embedding type left to the level, its fallbacks."""
-        return cls(token_embedding="level", imatrix_rows=0, replace_fallbacks=False)
+        return cls(token_embedding="level", imatrix_rows=0, replace_fallbacks=False, pick_imatrix=False)

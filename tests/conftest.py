@@ -67,7 +67,7 @@ def tiny_run(tmp_path_factory, tiny_base):
     config = TrainConfig(
         name="tiny-router", data=folder / "train.jsonl", eval=folder / "eval.jsonl",
         tools=str(data / "tools.py"), base=str(tiny_base), mode="compact", learning_rate=1e-2, epochs=1,
-        batch_size=8, grad_accum=1, runs_dir=folder / "runs", lora={"targets": "all-linear"},
+        method="lora", batch_size=8, grad_accum=1, runs_dir=folder / "runs", lora={"targets": "all-linear"},
     )  # fmt: skip
     train(config)
     return config.run_dir

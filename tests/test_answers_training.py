@@ -69,6 +69,7 @@ def _config(tiny_base, data, tmp_path, **changes) -> TrainConfig:
     values = dict(
         name="answers", data=data, tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base), mode="compact",
         lora={"targets": "all-linear", "dropout": 0.0}, batch_size=8, grad_accum=1, runs_dir=tmp_path, seed=7,
+        method="lora",
     )  # fmt: skip
     values.update(changes)
     return TrainConfig(**values)

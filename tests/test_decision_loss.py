@@ -99,7 +99,7 @@ def test_a_run_with_decision_loss_trains_on_fewer_tokens(tmp_path, tiny_base, ca
     config = TrainConfig(
         name="decided", data=tmp_path / "train.jsonl", tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base),
         mode="none", learning_rate=2e-2, epochs=1, batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs",
-        decision_loss=True, lora={"targets": "all-linear"},
+        method="lora", decision_loss=True, lora={"targets": "all-linear"},
     )  # fmt: skip
     manifest = train(config)
     out = capsys.readouterr().out

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 from llama_cpp import Llama
 
 from toolroute.cli import main
-from toolroute.export.pipeline import export_run
+from toolroute.export.pipeline import export_run, format_report
 from toolroute.runtime.router_file import RouterFileError, RouterMetadata, read_router_file
 from toolroute.train.run_dir import IncompleteRun, RunDir
 
@@ -78,6 +78,71 @@ def test_tokenizer_and_parity_checks_ran(exported):
     assert report.parity_prompts == 4
     assert report.parity_hf_vs_f16 is not None
     assert next(f for f in report.files if f.level == "f16").parity_with_f16 == 1.0
+
+
+def test_each_quantized_level_keeps_the_file_closer_to_f16(exported):
+    _, report = exported
+    q4 = next(f for f in report.files if f.level == "q4_k_m")
+    pick = q4.imatrix_pick
+    assert pick is not None and pick.prompts == 4
+    assert pick.kept_imatrix == (pick.nll_with <= pick.nll_without)
+    # The file published is the one kept: it has the matrix exactly when the pick kept it.
+    assert (q4.tensor_types.imatrix_rows is not None) == pick.kept_imatrix
+    verdict = "kept" if pick.kept_imatrix else "left out"
+    assert f"q4_k_m: importance matrix {verdict}" in format_report(report)
+    # Q8_0 rounds the same with or without the matrix: nothing to pick.
+    assert next(f for f in report.files if f.level == "q8_0").imatrix_pick is None
+
+
+def test_the_pick_keeps_the_lower_nll_and_only_that_file(exported, tmp_path, monkeypatch):
+    from toolroute.export import pipeline
+    from toolroute.export.imatrix import ImportanceMatrix
+    from toolroute.export.parity import Greedy
+    from toolroute.export.quantize_options import QuantizeOptions
+
+    out, _ = exported
+    f16 = out / "tiny-router.f16.gguf"
+    matrix = ImportanceMatrix()  # no values: the same rounding, but still "with a matrix" for the pick
+    reference = [Greedy(prompt_ids=[1, 2], output_ids=[3], text="x")]
+    monkeypatch.setattr(pipeline, "same_weights", lambda *a: False)
+    for nll_with, nll_without, kept in ((0.5, 0.7, True), (0.9, 0.2, False), (0.3, 0.3, True)):
+        scores = {"q4_0.gguf": nll_with, "q4_0.plain.gguf": nll_without}
+        monkeypatch.setattr(pipeline, "gguf_reference_nll", lambda p, refs, scores=scores: scores[p.name])
+        work = tmp_path / f"work-{nll_with}"
+        work.mkdir()
+        path, pick = pipeline._quantize_level(f16, work, "q4_0", QuantizeOptions(), matrix, reference)
+        assert (
+            pick is not None
+            and pick.kept_imatrix is kept
+            and (pick.nll_with, pick.nll_without)
+            == (
+                nll_with,
+                nll_without,
+            )
+        )
+        assert path.name == ("q4_0.gguf" if kept else "q4_0.plain.gguf")
+        assert sorted(p.name for p in work.iterdir()) == [path.name]  # the other file is gone
+    # Options that always keep the matrix, or no prompts to measure on: no pick, no second file.
+    for options, refs in ((QuantizeOptions(pick_imatrix=False), reference), (QuantizeOptions(), [])):
+        work = tmp_path / f"work-none-{len(refs)}"
+        work.mkdir()
+        assert pipeline._quantize_level(f16, work, "q4_0", options, matrix, refs)[1] is None
+        assert [p.name for p in work.iterdir()] == ["q4_0.gguf"]
+
+
+def test_reference_nll_is_lowest_for_the_files_own_greedy_outputs(exported):
+    from toolroute.export.parity import Greedy, gguf_greedy, gguf_reference_nll
+
+    out, _ = exported
+    f16 = out / "tiny-router.f16.gguf"
+    prompts = ["<|im_start|>user\nwhere is ORD-1?<|im_end|>\n<|im_start|>assistant\n"]
+    own = gguf_greedy(f16, prompts, 6)
+    other = [
+        Greedy(prompt_ids=g.prompt_ids, output_ids=[(t + 1) % 1000 + 5 for t in g.output_ids], text="")
+        for g in own
+    ]
+    own_nll, other_nll = gguf_reference_nll(f16, own), gguf_reference_nll(f16, other)
+    assert 0 <= own_nll < other_nll  # greedy tokens are the argmax at every step
 
 
 def test_stock_llama_cpp_python_loads_and_runs_the_file(exported):

@@ -314,7 +314,7 @@ def test_kill_9_while_training_writes_a_checkpoint_leaves_a_run_that_resumes(tmp
     config = TrainConfig(
         name="killed", data=tmp_path / "train.jsonl", tools=str(data / "tools.py"), base=str(tiny_base),
         mode="none", learning_rate=2e-2, epochs=3, batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs",
-        seed=7,
+        seed=7, method="lora",
     )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", TRAIN_AND_DIE, config.model_dump_json(), "optimizer.pt"],

@@ -78,8 +78,10 @@ def test_files_say_how_they_were_quantized(exported):
     assert made_with(plain.types, QuantizeOptions.plain())
     assert not made_with(weighted.types, QuantizeOptions.plain())  # it has an importance matrix
     assert not made_with(weighted.types, QuantizeOptions())  # F16 embedding, not Q8_0
-    # Q8_0 embedding but no importance matrix: not what the defaults make.
-    assert not made_with(q8_embedding.types, QuantizeOptions())
+    # Q8_0 embedding but no importance matrix: what the defaults make when the pick leaves the
+    # matrix out, and not what options that always keep it make.
+    assert made_with(q8_embedding.types, QuantizeOptions())
+    assert not made_with(q8_embedding.types, QuantizeOptions(pick_imatrix=False))
     assert made_with(q8_embedding.types, QuantizeOptions(imatrix_rows=0))
 
 

@@ -50,7 +50,7 @@ def test_the_cpu_default_on_small_middling_and_large_data():
     config, plan = _plan(480)
     assert plan.recipe == "cpu" and config.recipe == "cpu" and config.time_budget == 15.0
     assert (config.epochs, config.max_steps, plan.steps, plan.estimated_minutes) == (6.0, None, 180, 13.1)
-    assert config.mode.value == "none" and config.learning_rate == 1e-3
+    assert config.mode.value == "none" and config.method == "full" and config.learning_rate == 1e-4
     assert config.lora.targets == "all-linear" and config.lora.top_layers == 16
     assert (config.batch_size, config.grad_accum, config.fast_steps) == (8, 2, True)
     assert plan.chosen["epochs"] == 6.0 and plan.given == {}
@@ -105,7 +105,7 @@ def test_given_values_win_and_the_plan_says_which_were_given(tmp_path):
     assert answers.epochs == 6.0 and answers.lora.top_layers == 8
     text = format_plan(plan)
     for line in ("plan: recipe cpu (auto: no CUDA device", "steps: 150 of 16 rows", "estimated training time",
-                 "chosen by the recipe: mode=none", "given: epochs=5.0, lora.r=8"):  # fmt: skip
+                 "chosen by the recipe: method=full, mode=none", "given: epochs=5.0, lora.r=8"):  # fmt: skip
         assert line in text, text
 
 

@@ -36,7 +36,7 @@ def _config(tmp_path, tiny_base, small_data, **changes) -> TrainConfig:
     values = dict(
         name="tiny", data=small_data / "train.jsonl", eval=small_data / "eval.jsonl",
         tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base), mode="none", learning_rate=2e-2, epochs=2,
-        batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs", seed=7,
+        method="lora", batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs", seed=7,
     )  # fmt: skip
     values.update(changes)
     return TrainConfig(**values)

@@ -46,13 +46,21 @@ ROW_COST: dict[str, RowCost] = {
     # batch 8 x grad-accum 2, 2 torch threads): 4.37 s per optimizer step of 16 rows of
     # examples/customer_support/train.jsonl, whose rows are 117.8 tokens on average in mode `none`;
     # 480 rows x 6 epochs = 180 steps in 786 s (run cs-none-top16-e6, the machine otherwise idle).
-    # (The top 8 layers: 3.1 s a step; all 30: 6.0 s.)
+    # (The top 8 layers: 3.1 s a step; all 30: 6.0 s. Full fine-tuning of the same 16 layers, the
+    # recipe's method since: 4.22 s a step, 180 steps in 760 s; the estimate keeps the larger figure.)
     "cpu": RowCost(0.273, 117.8, "measured: 4.37 s a step of 16 rows on a 2-core CPU, SmolLM2-135M", True),
     # No GPU was lent to this project when the recipe was written: an assumption, not a measurement
     # (a 135M model's step of 16 short rows is dominated by kernel launches, ~0.1-0.2 s on a current
     # data-centre GPU). The plan says so; replace it with a measurement when one is taken.
     "cuda": RowCost(0.01, 117.8, "assumed (not measured on a GPU yet): ~0.16 s a step of 16 rows", False),
 }
+
+
+# The rate a method trains at when the method is given and the rate is not: a recipe's own rate
+# belongs to its own method. Full fine-tuning moves every weight of the trained layers, not a
+# rank-16 update, so LoRA's 1e-3 would wreck them (1e-4 picked on the customer-support validation
+# rows, BENCHMARKS.md "Full fine-tuning"); 1e-3 is the CPU recipe's LoRA rate from before.
+METHOD_LEARNING_RATE: dict[str, float] = {"full": 1e-4, "lora": 1e-3}
 
 
 class Recipe(BaseModel):
@@ -65,7 +73,7 @@ class Recipe(BaseModel):
 
 # The recipe-governed fields: what `recipe` decides when they are not given.
 RECIPE_FIELDS = (
-    "mode", "learning_rate", "epochs", "batch_size", "grad_accum", "fast_steps", "shared_prefix",
+    "method", "mode", "learning_rate", "epochs", "batch_size", "grad_accum", "fast_steps", "shared_prefix",
     "decision_loss", "eval_each_epoch", "lora.r", "lora.alpha", "lora.dropout", "lora.targets",
     "lora.top_layers",
 )  # fmt: skip
@@ -84,7 +92,7 @@ def _defaults(**changes: Any) -> dict[str, Any]:
 
 
 RECIPES: dict[str, Recipe] = {
-    # The CPU recipe is TrainConfig's defaults: the `make demo` recipe, ~0.19 s a row-epoch here.
+    # The CPU recipe is TrainConfig's defaults: the `make demo` recipe, ~0.27 s a row-epoch here.
     # Epoch bounds: at least 2, because one pass over ~500 rows is only ~30 optimizer steps at this
     # batch, and the demo's eval loss still fell from 0.25 to 0.14 in the second epoch (a third took
     # it to 0.08 and tool accuracy at Q4_K_M from 0.70 to 0.79, BENCHMARKS.md); at most 6, because
@@ -94,7 +102,7 @@ RECIPES: dict[str, Recipe] = {
     # data is so large (e.g. HWU64's 8,608 rows) that the budget's steps are many already.
     "cpu": Recipe(
         name="cpu",
-        why="no CUDA device: the CPU recipe (prompt mode none, LoRA on the top 16 layers, lr 1e-3)",
+        why="no CUDA device: the CPU recipe (prompt mode none, the top 16 layers fully fine-tuned, lr 1e-4)",
         values=_defaults(),
         budget_minutes=15.0,
         epochs=(2, 6),
@@ -106,7 +114,9 @@ RECIPES: dict[str, Recipe] = {
     "gpu": Recipe(
         name="gpu",
         why="a CUDA device: the GPU recipe (compact prompt, LoRA on every layer, lr 2e-4, more epochs)",
-        values=_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True),
+        values=_defaults(
+            method="lora", mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True
+        ),
         budget_minutes=30.0,
         epochs=(3, 10),
     ),
@@ -115,7 +125,9 @@ RECIPES: dict[str, Recipe] = {
         name="lesson",
         why="the lesson's recipe (q_proj+v_proj LoRA on every layer, compact prompt, lr 2e-4, 3 epochs)",
         values={
-            **_defaults(mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True),
+            **_defaults(
+                method="lora", mode="compact", learning_rate=2e-4, lora__top_layers=None, eval_each_epoch=True
+            ),
             "lora.targets": ["q_proj", "v_proj"],
             "epochs": 3.0,
         },
@@ -180,6 +192,8 @@ def choose_recipe(config: TrainConfig, cuda: bool) -> tuple[Recipe, str]:
 def apply_recipe(config: TrainConfig, recipe: Recipe, given: set[str]) -> TrainConfig:
     """The recipe's values for every field that was not given (the epochs are sized later)."""
     values = {key: value for key, value in recipe.values.items() if key not in given}
+    if "method" in given and "learning_rate" not in given and config.method != recipe.values["method"]:
+        values["learning_rate"] = METHOD_LEARNING_RATE[config.method]
     return _with(config, {**values, "recipe": recipe.name})
 
 

@@ -77,7 +77,8 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    adapter = property(lambda self: self.path / "adapter")
+    adapter = property(lambda self: self.path / "adapter")  # method lora
+    trained_weights = property(lambda self: self.path / "trained.safetensors")  # method full
     tokenizer = property(lambda self: self.path / "tokenizer")
     checkpoints = property(lambda self: self.path / "checkpoints")
     manifest_path = property(lambda self: self.path / "manifest.json")
@@ -125,7 +126,7 @@ class RunDir:
             axis.plot(*zip(*evals, strict=True), "o-", label="eval loss", linewidth=1.5)
         axis.set_xlabel("optimizer step")
         axis.set_ylabel("loss (completion tokens)")
-        axis.set_title(f"{self.path.name}: LoRA SFT")
+        axis.set_title(f"{self.path.name}: SFT")
         axis.grid(alpha=0.3)
         axis.legend()
         figure.tight_layout()

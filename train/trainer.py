@@ -1,4 +1,5 @@
-"""LoRA SFT of a base model into a router: TRL's SFTTrainer + PEFT, completion-only loss.
+"""SFT of a base model into a router: TRL's SFTTrainer + PEFT LoRA (or full fine-tuning of the top
+layers, `weights.py`), completion-only loss.
 
 Rows whose data carries a tool result and the assistant's reply to it train the answer step too,
 in the same run and weights: a second prompt/completion row (`sft.py`), loss on the reply only.
@@ -39,6 +40,7 @@ from .formats import read_valid_examples
 from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
+from .weights import freeze_all_but_layers, save_trained
 
 
 class TrainingError(ValueError):
@@ -186,7 +188,7 @@ def make_trainer(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=_lora_config(config, model),
+        peft_config=_lora_config(config, model) if config.method == "lora" else None,
         callbacks=list(callbacks),
     )
     if config.fast_steps:
@@ -284,6 +286,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         kept = sum(sum(row["completion_mask"]) for row in datasets[0])
         print(f"decision loss: {kept} of {sum(splits[0].tokens)} training tokens take the loss")
     model = base.load_model(torch.bfloat16 if cuda else torch.float32)
+    if config.method == "full":
+        trained = freeze_all_but_layers(model, config.lora.top_layers)
+        layers = config.lora.top_layers or "all"
+        print(f"full fine-tuning: {trained:,} parameters train (the top {layers} layers)")
     losses: list[dict[str, Any]] = []
     trainer = make_trainer(
         config,
@@ -311,7 +317,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     if not trainer.is_world_process_zero():
         return None
 
-    trainer.model.save_pretrained(str(run.adapter))
+    save_trained(trainer.model, run, config.method)
     tokenizer.save_pretrained(str(run.tokenizer))
     run.write_losses(losses)
     train_losses = [row["loss"] for row in losses if "loss" in row]
