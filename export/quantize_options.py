@@ -1,7 +1,8 @@
 """How an export quantizes, as options: light (pydantic only) so that the CLI can show them.
 
 The defaults: the token embedding (SmolLM2's output head is tied to it) kept at Q8_0, and an
-importance matrix from 64 training rows. Measured on the default base with customer-support rows
+importance matrix from 64 training rows, kept in a level only where it brings the file closer to
+F16 (`pick_imatrix`). Measured on the default base with customer-support rows
 (BENCHMARKS.md, "Quantization"; `bench/quant_fidelity.py`): the matrix brings Q5_K_M to Q8_0's
 fidelity to F16 and cuts Q4_K_M's KL by 41%; an F16 embedding gained little (KL 0.039 -> 0.035 at
 Q4_K_M) for 26.5 MB more. A third default gives the weights llama.cpp would fall back to Q5_1
