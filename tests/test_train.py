@@ -110,6 +110,7 @@ def test_interrupted_run_is_marked_incomplete_and_resumes(tmp_path, tiny_base, s
     manifest = train(config, resume=True)
     assert manifest.metrics["steps"] == 18
     assert run.is_complete()
+    assert not run.checkpoints.exists()  # a finished run is never resumed: its checkpoints go
 
 
 def test_config_file_flags_and_validation(tmp_path):

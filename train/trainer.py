@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -354,4 +355,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         versions=_versions(),
     )
     run.finish(manifest)
+    # A finished run is never resumed, and its checkpoints (weights and optimizer state; about 1 GB
+    # an epoch for a full fine-tune of SmolLM2's top 16 layers) would only fill the disk. Removed
+    # after the manifest, so that a crash before it still leaves a resumable run.
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
     return manifest
