@@ -61,7 +61,7 @@ class ExportedFile(BaseModel):
     seconds: float
     tensor_types: TensorTypes
     parity_with_f16: float | None = None
-    imatrix_pick: ImatrixPick | None = None  # None: not picked (no matrix, no prompts, or the same file)
+    imatrix_pick: ImatrixPick | None = None  # None: not picked (no matrix, no prompts, same weights)
 
 
 class ImatrixSummary(BaseModel):
@@ -144,9 +144,10 @@ def _quantize_level(
 ) -> tuple[Path, ImatrixPick | None]:
     """One quantized level: with the importance matrix, and, when the options pick, also without it,
     keeping the file whose teacher-forced NLL of F16's greedy outputs is lower (ties: the matrix)."""
-    options = quantization
     make = functools.partial(
-        quantize, token_embedding=options.token_embedding, replace_fallbacks=options.replace_fallbacks
+        quantize,
+        token_embedding=quantization.token_embedding,
+        replace_fallbacks=quantization.replace_fallbacks,
     )
     weighted = make(f16, work / f"{level}.gguf", level, imatrix=imatrix)
     if imatrix is None or not quantization.pick_imatrix or not reference:
