@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from toolroute.export.converter import convert
 from toolroute.export.imatrix import ImportanceMatrix, compute_imatrix, gguf_weight_names
+from toolroute.export.parity import log_softmax, teacher_forced_logits
 from toolroute.export.quantize import parse_levels, quantize, tensor_types
 from toolroute.export.quantize_options import QuantizeOptions
 from toolroute.grammars import load_catalogue
@@ -82,18 +83,10 @@ def _completion_logits(path: Path, rows: list[tuple[str, str]]) -> list[np.ndarr
         for prompt, completion in rows:
             prompt_ids = llama.tokenize(prompt.encode(), add_bos=False, special=True)
             completion_ids = llama.tokenize(completion.encode(), add_bos=False, special=True)
-            llama.reset()
-            llama.eval(prompt_ids + completion_ids)
-            first = len(prompt_ids) - 1  # the position whose logits predict the first completion token
-            logits.append(np.array(llama.scores[first : first + len(completion_ids)], dtype=np.float64))
+            logits.append(teacher_forced_logits(llama, prompt_ids, completion_ids))
     finally:
         llama.close()
     return logits
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
 def compare(reference: list[np.ndarray], other: list[np.ndarray]) -> tuple[float, float]:
@@ -103,7 +96,7 @@ def compare(reference: list[np.ndarray], other: list[np.ndarray]) -> tuple[float
     for ref, out in zip(reference, other, strict=True):
         agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
         total += len(ref)
-        log_ref, log_out = _log_softmax(ref), _log_softmax(out)
+        log_ref, log_out = log_softmax(ref), log_softmax(out)
         divergences.append((np.exp(log_ref) * (log_ref - log_out)).sum(-1))
     return agree / total, float(np.concatenate(divergences).mean())
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
@@ -76,11 +77,25 @@ def hf_agrees(model: Any, references: Sequence[Greedy], batch_size: int = 8) -> 
     return verdicts
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, computed stably."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def teacher_forced_logits(llama: Any, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> np.ndarray:
+    """The logits at each output position (float64, one row per output token), prompt and outputs
+    evaluated in one batch by `llama`, a `Llama` made with `logits_all=True`."""
+    llama.reset()
+    llama.eval([*prompt_ids, *output_ids])
+    first = len(prompt_ids) - 1  # the logits at position i predict token i + 1
+    return np.array(llama.scores[first : first + len(output_ids)], dtype=np.float64)
+
+
 def gguf_reference_nll(path: Path, references: Sequence[Greedy]) -> float:
     """Mean negative log-likelihood per token of the reference outputs under the file at `path`,
     teacher-forced (one batch per prompt): how far a quantized file strays from F16's own choices.
     Continuous, so a handful of prompts still rank two files that agree on every greedy output."""
-    import numpy as np
     from llama_cpp import Llama
 
     scored = [r for r in references if r.output_ids]
@@ -93,14 +108,8 @@ def gguf_reference_nll(path: Path, references: Sequence[Greedy]) -> float:
     total, count = 0.0, 0
     try:
         for reference in tqdm(scored, desc=f"closeness to F16: {path.name}", leave=False):
-            llama.reset()
-            llama.eval(reference.prompt_ids + reference.output_ids)
-            first = len(reference.prompt_ids) - 1  # the logits at position i predict token i + 1
-            logits = np.asarray(llama.scores[first : first + len(reference.output_ids)], dtype=np.float64)
-            top = logits.max(axis=1)
-            log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
-            chosen = logits[np.arange(len(reference.output_ids)), reference.output_ids]
-            total += float((log_z - chosen).sum())
+            log_probs = log_softmax(teacher_forced_logits(llama, reference.prompt_ids, reference.output_ids))
+            total -= float(log_probs[np.arange(len(reference.output_ids)), reference.output_ids].sum())
             count += len(reference.output_ids)
     finally:
         llama.close()

@@ -53,6 +53,18 @@ def tiny_base(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """48 training and 16 eval rows of the customer-support set (read only: shared by the tests)."""
+    from support import ROOT
+
+    folder = tmp_path_factory.mktemp("small-data")
+    for name, count in (("train", 48), ("eval", 16)):
+        lines = (ROOT / "examples" / "customer_support" / f"{name}.jsonl").read_text().splitlines()[:count]
+        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_base):
     """A finished training run of the tiny model on 48 customer-support rows (a few seconds)."""
     from support import ROOT

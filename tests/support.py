@@ -159,3 +159,17 @@ def values(schema: Schema, options: GrammarOptions) -> st.SearchStrategy[Any]:
     required = {k: values(v, options) for k, v in schema["properties"].items() if k in schema["required"]}
     optional = {k: values(v, options) for k, v in schema["properties"].items() if k not in schema["required"]}
     return st.fixed_dictionaries(required, optional=optional)
+
+
+def tiny_train_config(runs_dir: Path, tiny_base: Path, data: Path, **changes: Any) -> Any:
+    """The tiny model's training config on `small_data` (conftest): LoRA at a rate that moves a random
+    2-layer model, 2 epochs of 8-row steps; `changes` override any field."""
+    from toolroute.train.config import TrainConfig
+
+    values: dict[str, Any] = dict(
+        name="tiny", data=data / "train.jsonl", eval=data / "eval.jsonl",
+        tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base), mode="none", learning_rate=2e-2, epochs=2,
+        method="lora", batch_size=8, grad_accum=1, runs_dir=runs_dir, seed=7,
+    )  # fmt: skip
+    values.update(changes)
+    return TrainConfig(**values)

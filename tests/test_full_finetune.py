@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import CUSTOMER_SUPPORT_TOOLS, ROOT
+from support import tiny_train_config
 
 pytest.importorskip("torch")
 
@@ -19,27 +19,10 @@ from toolroute.train.run_dir import RunDir, read_loss_csv
 from toolroute.train.trainer import train
 from toolroute.train.weights import load_trained_model
 
-DATA = ROOT / "examples" / "customer_support"
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    for name, count in (("train", 48), ("eval", 16)):
-        lines = (DATA / f"{name}.jsonl").read_text().splitlines()[:count]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
 
 def _config(tmp_path, tiny_base, small_data, **changes) -> TrainConfig:
-    values = dict(
-        name="tiny-full", data=small_data / "train.jsonl", eval=small_data / "eval.jsonl",
-        tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base), mode="none", method="full",
-        learning_rate=3e-3, epochs=2, batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs", seed=7,
-        lora={"top_layers": 1},
-    )  # fmt: skip
-    values.update(changes)
-    return TrainConfig(**values)
+    full = dict(name="tiny-full", method="full", learning_rate=3e-3, lora={"top_layers": 1})
+    return tiny_train_config(tmp_path / "runs", tiny_base, small_data, **{**full, **changes})
 
 
 @pytest.fixture(scope="module")

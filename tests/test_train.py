@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from support import CUSTOMER_SUPPORT_TOOLS, ROOT
+from support import CUSTOMER_SUPPORT_TOOLS, tiny_train_config
 
 pytest.importorskip("torch")
 
@@ -19,27 +19,9 @@ from toolroute.train.formats import InvalidDataError
 from toolroute.train.run_dir import IncompleteRun, RunDir, read_loss_csv
 from toolroute.train.trainer import TrainingError, train
 
-DATA = ROOT / "examples" / "customer_support"
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    """48 training and 16 eval rows of the customer-support set."""
-    folder = tmp_path_factory.mktemp("data")
-    for name, count in (("train", 48), ("eval", 16)):
-        lines = (DATA / f"{name}.jsonl").read_text().splitlines()[:count]
-        (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-    return folder
-
 
 def _config(tmp_path, tiny_base, small_data, **changes) -> TrainConfig:
-    values = dict(
-        name="tiny", data=small_data / "train.jsonl", eval=small_data / "eval.jsonl",
-        tools=str(CUSTOMER_SUPPORT_TOOLS), base=str(tiny_base), mode="none", learning_rate=2e-2, epochs=2,
-        method="lora", batch_size=8, grad_accum=1, runs_dir=tmp_path / "runs", seed=7,
-    )  # fmt: skip
-    values.update(changes)
-    return TrainConfig(**values)
+    return tiny_train_config(tmp_path / "runs", tiny_base, small_data, **changes)
 
 
 def test_tiny_model_trains_loss_falls_and_manifest_is_complete(tmp_path, tiny_base, small_data):

@@ -41,7 +41,7 @@ from .formats import read_valid_examples
 from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
-from .weights import freeze_all_but_layers, save_trained
+from .weights import freeze_all_but_layers, save_trained, selected_layers
 
 
 class TrainingError(ValueError):
@@ -137,7 +137,7 @@ def _lora_config(config: TrainConfig, model: Any) -> Any:
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules=targets,
-        layers_to_transform=list(range(max(layers - top, 0), layers)) if top else None,
+        layers_to_transform=list(selected_layers(layers, top)) if top else None,
         task_type="CAUSAL_LM",
     )
 
