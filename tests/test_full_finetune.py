@@ -108,7 +108,7 @@ def test_a_method_given_without_a_rate_trains_at_its_own_rate(tmp_path):
         planned = apply_recipe(config, RECIPES[recipe], given_fields(config))
         return planned.method, planned.learning_rate
 
-    assert planned() == ("full", 1e-4) == ("full", METHOD_LEARNING_RATE["full"])  # the CPU recipe
+    assert planned() == ("full", 4e-4) == ("full", METHOD_LEARNING_RATE["full"])  # the CPU recipe
     assert planned(method="lora") == ("lora", METHOD_LEARNING_RATE["lora"])
     assert planned(method="lora", learning_rate=5e-5) == ("lora", 5e-5)
     assert planned("gpu") == ("lora", 2e-4)  # the GPU recipe's LoRA rate

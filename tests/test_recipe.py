@@ -50,7 +50,7 @@ def test_the_cpu_default_on_small_middling_and_large_data():
     config, plan = _plan(480)
     assert plan.recipe == "cpu" and config.recipe == "cpu" and config.time_budget == 15.0
     assert (config.epochs, config.max_steps, plan.steps, plan.estimated_minutes) == (6.0, None, 180, 13.1)
-    assert config.mode.value == "none" and config.method == "full" and config.learning_rate == 1e-4
+    assert config.mode.value == "none" and config.method == "full" and config.learning_rate == 4e-4
     assert config.lora.targets == "all-linear" and config.lora.top_layers == 16
     assert (config.batch_size, config.grad_accum, config.fast_steps) == (8, 2, True)
     assert plan.chosen["epochs"] == 6.0 and plan.given == {}

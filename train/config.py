@@ -1,7 +1,7 @@
 """Training configuration as data: defaults < the recipe < config file (TOML) < command-line flags.
 
 The field defaults are the CPU recipe (`recipe.py`): prompt mode `none`, full fine-tuning of the
-top 16 layers at lr 1e-4 (`method = "lora"`: all-linear LoRA r=16, alpha=32, dropout 0.05 on the
+top 16 layers at lr 4e-4 (`method = "lora"`: all-linear LoRA r=16, alpha=32, dropout 0.05 on the
 same layers, at lr 1e-3), cosine, 3% warmup, batch 8 x grad-accum 2, max length 1024, fast steps;
 the epochs are sized to a time budget when not given. A value that
 was given (file or flag) always wins over the recipe: `model_fields_set` says which were. The
@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
         "full", description="full: every weight of the top layers; lora: adapters on them"
     )
     lora: LoraSettings = LoraSettings()
-    learning_rate: float = Field(1e-4, gt=0, description="learning rate")
+    learning_rate: float = Field(4e-4, gt=0, description="learning rate")
     epochs: float = Field(2.0, gt=0, description="epochs")
     scheduler: str = Field("cosine", description="learning-rate schedule")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup share")
