@@ -18,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toolroute.grammars import PromptMode
 
+# The rate a method trains at: the default method's is the default rate, and a method given without
+# a rate trains at its own (`recipe.apply_recipe`; a recipe's own rate belongs to its own method).
+# Full fine-tuning moves every weight of the trained layers, not a rank-16 update, so it has its own
+# rate (4e-4 picked from 5e-5, 1e-4, 2e-4 and 4e-4 on the customer-support validation rows,
+# BENCHMARKS.md "The full fine-tune's learning rate"; higher was not tried); 1e-3 is the CPU
+# recipe's LoRA rate from before.
+METHOD_LEARNING_RATE: dict[str, float] = {"full": 4e-4, "lora": 1e-3}
+
 
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -57,12 +65,12 @@ class TrainConfig(BaseModel):
     # `full`: every weight of the layers `lora.top_layers` selects (the embedding, tied to the
     # output head, and the final norm stay the base's; `weights.py`). The CPU recipe's since it beat
     # LoRA on the same layers at the same step time (BENCHMARKS.md, "Full fine-tuning"). A method
-    # given without a rate trains at that method's (`recipe.METHOD_LEARNING_RATE`).
+    # given without a rate trains at that method's (`METHOD_LEARNING_RATE`).
     method: Literal["lora", "full"] = Field(
         "full", description="full: every weight of the top layers; lora: adapters on them"
     )
     lora: LoraSettings = LoraSettings()
-    learning_rate: float = Field(4e-4, gt=0, description="learning rate")
+    learning_rate: float = Field(METHOD_LEARNING_RATE["full"], gt=0, description="learning rate")
     epochs: float = Field(2.0, gt=0, description="epochs")
     scheduler: str = Field("cosine", description="learning-rate schedule")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="warmup share")

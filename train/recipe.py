@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .config import LoraSettings, TrainConfig, load_config
+from .config import METHOD_LEARNING_RATE, LoraSettings, TrainConfig, load_config
 
 RecipeName = Literal["cpu", "gpu", "lesson"]
 
@@ -54,14 +54,6 @@ ROW_COST: dict[str, RowCost] = {
     # data-centre GPU). The plan says so; replace it with a measurement when one is taken.
     "cuda": RowCost(0.01, 117.8, "assumed (not measured on a GPU yet): ~0.16 s a step of 16 rows", False),
 }
-
-
-# The rate a method trains at when the method is given and the rate is not: a recipe's own rate
-# belongs to its own method. Full fine-tuning moves every weight of the trained layers, not a
-# rank-16 update, so it has its own rate (4e-4 picked from 5e-5, 1e-4, 2e-4 and 4e-4 on the
-# customer-support validation rows, BENCHMARKS.md "The full fine-tune's learning rate"; higher
-# was not tried); 1e-3 is the CPU recipe's LoRA rate from before.
-METHOD_LEARNING_RATE: dict[str, float] = {"full": 4e-4, "lora": 1e-3}
 
 
 class Recipe(BaseModel):
