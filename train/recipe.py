@@ -95,7 +95,10 @@ RECIPES: dict[str, Recipe] = {
     # data is so large (e.g. HWU64's 8,608 rows) that the budget's steps are many already.
     "cpu": Recipe(
         name="cpu",
-        why="no CUDA device: the CPU recipe (prompt mode none, the top 16 layers fully fine-tuned, lr 4e-4)",
+        why=(
+            "no CUDA device: the CPU recipe (prompt mode none, the top 16 layers fully fine-tuned, "
+            f"lr {METHOD_LEARNING_RATE['full']:g})"
+        ),
         values=_defaults(),
         budget_minutes=15.0,
         epochs=(2, 6),
