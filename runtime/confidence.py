@@ -34,12 +34,22 @@ scorer's own values already carry that much arithmetic; with pruning the names' 
 up to 9e-4 with no_tool allowed and 8.8e-3 with a call required (12 requests). `NAME_TOLERANCE`
 (1e-2) is the stated tolerance the parity test holds the results to. The call score is not
 touched (it is read from the chosen tokens, not from here).
+
+With a focus (`Router.load(name_focus=True)`, the default), the scorer runs once the greedy
+decoding has written the name, and it is asked for the names the router's rules read: the chosen
+tool and no_tool. An ambiguous token none of whose names is in the focus is not followed: its
+mass still counts in the normaliser (it ends on names, just not split among them), so the focused
+names' probabilities are what the full scorer gives, to its arithmetic; the other names keep the
+mass their own tokens settled (a lower bound) and `unresolved` says how much is left unsplit. The
+tokens the greedy decoding itself took after `{"tool":"` are already in the request's sequence,
+with their logits (`known`): a branch along them costs no model batch. On a trained router, whose
+mass sits on the chosen name's own spelling, scoring then usually costs no batch at all.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,13 +123,18 @@ class _Branch:
     mass: float
     seq: int
     position: int  # where the next token goes
+    tokens: tuple[int, ...] = ()  # the tokens after `{"tool":"` that lead here
 
 
 @dataclass
 class NameScores:
     probabilities: dict[str, float]
     pruned: float = 0.0  # probability mass in branches that were not followed
+    # Mass in ambiguous branches left unsplit because none of their names was in the focus:
+    # counted in the normaliser, shared by no name (so the others' values are lower bounds).
+    unresolved: float = 0.0
     decodes: int = 0  # llama.cpp batches spent
+    reused: int = 0  # branches whose logits the greedy decoding had already computed
     levels: list[int] = field(default_factory=list)  # branches followed per level
 
 
@@ -177,12 +192,17 @@ class NameScorer:
         root_logits: np.ndarray,
         root_matcher: Matcher,
         free_seqs: list[int],
+        focus: frozenset[str] | None = None,
+        known: Mapping[tuple[int, ...], np.ndarray] | None = None,
     ) -> NameScores:
         """Probabilities of the names. Leaves the context as it found it.
 
         `base_seq` holds the prompt and `{"tool":"` up to position `base_pos` (exclusive);
         `root_logits` are the logits there and `root_matcher` the grammar state there.
         `free_seqs` are sequence ids the scorer may use (2 * MAX_BRANCHES suffice).
+        `focus`: the names whose probabilities must be exact (None: every name). `known`: the
+        logits after token sequences `base_seq` already holds from `base_pos` on (the greedy
+        decoding's own name tokens), by those tokens.
         """
         totals = dict.fromkeys(self.names, 0.0)
         scores = NameScores(probabilities={})
@@ -198,6 +218,8 @@ class NameScorer:
                         names = self._names_for(branch.text + self.vocabulary.pieces[token])
                         if len(names) == 1:
                             totals[names[0]] += p
+                        elif names and focus is not None and focus.isdisjoint(names):
+                            scores.unresolved += p
                         elif names and p >= MIN_EXPANDED:
                             ambiguous.append((branch, token, p))
                         else:
@@ -206,21 +228,23 @@ class NameScorer:
                 keep = min(MAX_BRANCHES, len(spare))
                 scores.pruned += sum(p for _, _, p in ambiguous[keep:])
                 ambiguous = ambiguous[:keep]
-                budget = self.mass_budget * sum(totals.values()) - left_out
+                budget = self.mass_budget * (sum(totals.values()) + scores.unresolved) - left_out
                 while ambiguous and ambiguous[-1][2] <= budget:  # the least probable, within budget
                     dropped = ambiguous.pop()[2]
                     budget -= dropped
                     left_out += dropped
                     scores.pruned += dropped
-                next_level = self._expand(context, ambiguous, spare, scores) if ambiguous else []
+                next_level: list[_Branch] = []
+                if ambiguous:
+                    next_level = self._expand(context, ambiguous, spare, scores, base_seq, known or {})
                 for branch in level:
-                    self._release(context, branch, root, spare)
+                    self._release(context, branch, root, base_seq, spare)
                 level = next_level
         finally:
             for seq in free_seqs:  # whatever an error left behind
                 if seq not in spare:
                     context.seq_rm(seq)
-        total = sum(totals.values())
+        total = sum(totals.values()) + scores.unresolved
         if total <= 0.0:
             scores.probabilities = {n: 1.0 / len(self.names) for n in self.names}
         else:
@@ -233,31 +257,47 @@ class NameScorer:
         ambiguous: list[tuple[_Branch, int, float]],
         spare: list[int],
         scores: NameScores,
+        base_seq: int,
+        known: Mapping[tuple[int, ...], np.ndarray],
     ) -> list[_Branch]:
-        """Teacher-force each ambiguous token on its own sequence, all in one batch."""
-        seqs = [spare.pop() for _ in ambiguous]
-        for (parent, _, _), seq in zip(ambiguous, seqs, strict=True):
-            context.seq_cp(parent.seq, seq, 0, parent.position)
-        context.decode(
-            [token for _, token, _ in ambiguous],
-            [parent.position for parent, _, _ in ambiguous],
-            [(seq,) for seq in seqs],
-            [True] * len(ambiguous),
-        )
-        scores.decodes += 1
+        """Teacher-force each ambiguous token on its own sequence, all in one batch; a token the
+        greedy decoding took right after its parent's (on `base_seq`) needs no model call."""
+        branches: list[_Branch] = []
+        decoded: list[tuple[_Branch, int, float, int]] = []
+        for parent, token, p in ambiguous:
+            tokens = (*parent.tokens, token)
+            logits = known.get(tokens) if parent.seq == base_seq else None
+            if logits is None:
+                decoded.append((parent, token, p, spare.pop()))
+                continue
+            scores.reused += 1
+            branches.append(self._child(parent, token, p, logits, base_seq))
+        if decoded:
+            for parent, _, _, seq in decoded:
+                context.seq_cp(parent.seq, seq, 0, parent.position)
+            context.decode(
+                [token for _, token, _, _ in decoded],
+                [parent.position for parent, _, _, _ in decoded],
+                [(seq,) for _, _, _, seq in decoded],
+                [True] * len(decoded),
+            )
+            scores.decodes += 1
+            for index, (parent, token, p, seq) in enumerate(decoded):
+                branches.append(self._child(parent, token, p, context.logits(index), seq))
         scores.levels.append(len(ambiguous))
-        branches = []
-        for index, ((parent, token, p), seq) in enumerate(zip(ambiguous, seqs, strict=True)):
-            matcher = parent.matcher.clone()
-            matcher.advance(token)  # allowed: it came out of the parent's grammar mask
-            text = parent.text + self.vocabulary.pieces[token]
-            branches.append(_Branch(text, context.logits(index), matcher, p, seq, parent.position + 1))
         return branches
 
+    def _child(self, parent: _Branch, token: int, mass: float, logits: np.ndarray, seq: int) -> _Branch:
+        matcher = parent.matcher.clone()
+        matcher.advance(token)  # allowed: it came out of the parent's grammar mask
+        text = parent.text + self.vocabulary.pieces[token]
+        return _Branch(text, logits, matcher, mass, seq, parent.position + 1, (*parent.tokens, token))
+
     @staticmethod
-    def _release(context: Context, branch: _Branch, root: _Branch, spare: list[int]) -> None:
-        if branch is root or branch.seq in spare:
-            return
-        context.seq_rm(branch.seq)
-        spare.append(branch.seq)
+    def _release(context: Context, branch: _Branch, root: _Branch, base_seq: int, spare: list[int]) -> None:
+        if branch is root:
+            return  # the caller's
+        if branch.seq != base_seq and branch.seq not in spare:
+            context.seq_rm(branch.seq)
+            spare.append(branch.seq)
         branch.matcher.close()

@@ -77,6 +77,21 @@ class Lookahead:
         pending.clear()
         return logits
 
+    def logits_rows(self, pending: list[int]) -> list[np.ndarray | None]:
+        """The logits after each of `pending`'s tokens (then cleared), in one batch, no draft:
+        how the name scorer gets the greedy decoding's own logits along the name. A row costs
+        the output head only (~2.5 ms here), not a model step. None where a long `pending`
+        spanned several batches (only the last row is kept then)."""
+        self.discard()
+        if len(pending) > self.context.n_batch:
+            return [*([None] * (len(pending) - 1)), self.logits(pending)]
+        rows: list[np.ndarray | None] = list(
+            self.context.extend_rows(pending, self.seq, self.position, len(pending))
+        )
+        self.position += len(pending)
+        pending.clear()
+        return rows
+
     def discard(self) -> None:
         """Drop the drafted cells the loop did not take (the next batch goes where they were)."""
         if self._ahead:

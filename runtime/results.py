@@ -101,6 +101,11 @@ class RouteResult(BaseModel):
     )
     runner_up: RunnerUp | None = None
     probabilities: dict[str, float] = Field(default_factory=dict)
+    unresolved_mass: float = Field(
+        0.0,
+        description="probability mass left unsplit among names other than the chosen tool and no_tool "
+        "(name focus, the default): their `probabilities` are lower bounds by at most this much",
+    )
     prompt_tokens: int
     cached_tokens: int = Field(description="prompt tokens whose KV state came from the cached prefix")
     completion_tokens: int

@@ -39,7 +39,9 @@ How a request runs:
    is the constrained greedy choice (`drafting.py`; `draft_values=False` turns it off).
 4. **Confidence** at the decision point right after `{"tool":"`: the probability of each name
    under the grammar-constrained distribution, from the logits the greedy step reads anyway
-   (no extra decode when the tools' names start differently); see `confidence.py`.
+   (no extra decode when the tools' names start differently); see `confidence.py`. By default
+   (`name_focus`) it is read once the name is written, exactly for the chosen tool and no_tool
+   (what the rules read), reusing the logits the greedy decoding computed along the name.
 5. The text is parsed and validated against the catalogue; anything else is `invalid`.
 
 Answering a tool's output (`answer`, `respond`, `ask`; `answering.py`): the call is validated
@@ -85,6 +87,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from jinja2 import TemplateError
 from llama_cpp import Llama
 from pydantic import ValidationError
@@ -196,12 +199,25 @@ class _Slot:
         self.context.close()
 
 
+@dataclass(frozen=True)
+class _Names:
+    """The names' probabilities a decoding read, and which of them are exact."""
+
+    probabilities: dict[str, float]
+    grammar: _Grammar  # the grammar they were read under (a decoding again keeps them)
+    resolved: frozenset[str] | None = None  # exact names (None: all); the others are lower bounds
+    unresolved: float = 0.0  # mass left unsplit among the names outside `resolved`
+
+    def covers(self, name: str | None) -> bool:
+        return self.resolved is None or name in self.resolved
+
+
 @dataclass
 class _Generation:
     text: bytes
     tokens: int
     truncated: bool
-    probabilities: dict[str, float]
+    names: _Names
     dead_end: tuple[str, str] | None = None  # (tool, copied argument) no span of the request fits
     # Each token the model chose in a call (forced tokens excluded): its place in `text` and its log
     # p under the constrained distribution (the call score; the key rule, key_rule.py)
@@ -237,6 +253,7 @@ class Router:
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
         min_key_probability: float = 0.0,
         min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
+        name_focus: bool = True,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -273,6 +290,7 @@ class Router:
         # answers that stop once the name is decided, their reason left empty (off by default).
         self.draft_values = draft_values
         self._name_mass = NAME_MASS if name_pruning else 0.0
+        self.name_focus = name_focus
         self.no_tool_reason = no_tool_reason
         self.n_ctx = n_ctx
         self.n_contexts = n_contexts
@@ -334,6 +352,7 @@ class Router:
         min_span_mass: float = DEFAULT_MIN_SPAN_MASS,
         min_key_probability: float = 0.0,
         min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
+        name_focus: bool = True,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -345,7 +364,10 @@ class Router:
         grammar alone decides), `call_score=False` skips the call-level score (see `thresholds.py`).
         The fast path's switches, for measuring each on and off: `draft_values` (copied values
         drafted from the request, verified in one batch: `drafting.py`), `name_pruning` (the
-        name scorer follows only names with non-negligible mass: `confidence.py`) and
+        name scorer follows only names with non-negligible mass: `confidence.py`),
+        `name_focus` (the names' probabilities are read once the name is written, exactly for
+        the chosen tool and no_tool, along the greedy decoding's own logits; the other names'
+        are lower bounds, `RouteResult.unresolved_mass` says by how much: `confidence.py`) and
         `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
         then empty).
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
@@ -396,6 +418,7 @@ class Router:
                 min_span_mass=min_span_mass,
                 min_key_probability=min_key_probability,
                 min_required_span_mass=min_required_span_mass,
+                name_focus=name_focus,
             )
         except GrammarLoadError as exc:
             llama.close()
@@ -569,12 +592,12 @@ class Router:
                     left_out.append(f"{tool}.{argument} ({weakest.probability:.3g})")
                 fallback = self.copy_rule.fall_back(fallback.names, fallback.dropped, tool, argument)
                 if not fallback.names and NO_TOOL not in grammar.names:
-                    generation = _Generation(b"", generation.tokens, False, generation.probabilities)
+                    generation = _Generation(b"", generation.tokens, False, generation.names)
                     break
                 grammar = self._fallback_grammar(fallback, NO_TOOL in grammar.names)
                 generation = self._generate(
                     slot, tokens, cached, grammar, min(budget, grammar.max_tokens),
-                    self.copy_rule.tracker(request), generation.probabilities, cancelled=cancelled,
+                    self.copy_rule.tracker(request), generation.names, cancelled=cancelled,
                 )  # fmt: skip
         return self._result(generation, grammar, tokens, cached, start, no_span, left_out)
 
@@ -783,14 +806,15 @@ class Router:
         grammar: _Grammar,
         budget: int,
         copy: CopyTracker | None = None,
-        scored: dict[str, float] | None = None,
+        scored: _Names | None = None,
         *,
         cancelled: threading.Event | None = None,
     ) -> _Generation:
         """Greedy decoding under the grammar (and, with `copy`, the copy rule). `scored`: the
-        names' probabilities already read at the decision point (a decoding again after a
-        copy-rule dead end keeps the first decoding's). `cancelled` set (the client went away):
-        `WaitCancelledError` before the next model step."""
+        names' probabilities an earlier decoding read (a decoding again after a copy-rule dead
+        end keeps the first decoding's, read again under its grammar if they do not cover the
+        name this decoding chose). `cancelled` set (the client went away): `WaitCancelledError`
+        before the next model step."""
         context, vocabulary = slot.context, self.vocabulary
         pieces = vocabulary.pieces
         branch_seqs = list(range(FIRST_BRANCH_SEQ, self._n_seq_max))
@@ -804,7 +828,13 @@ class Router:
         pending = list(tokens[cached:])
         position = cached
         lookahead = Lookahead(context, WORK_SEQ, cached)
-        probabilities: dict[str, float] | None = scored
+        names: _Names | None = scored
+        # With name focus: the decision point (its logits, grammar state and position), kept
+        # until the name is written, and the logits after each run of name tokens the greedy
+        # decoding took since (by those tokens), which the scorer reuses instead of decoding.
+        root: tuple[np.ndarray, Matcher, int] | None = None
+        decision_at = 0  # tokens produced before the name
+        known: dict[tuple[int, ...], np.ndarray] = {}
         truncated = False
         scored: list[ScoredToken] = []
         score_tokens = self.call_score or self.min_key_probability > 0.0
@@ -858,13 +888,27 @@ class Router:
                 if len(produced) >= budget:
                     truncated = True
                     break
+                in_name = root is not None and names is None and b'"' not in out[len(DECISION) :]
+                if root is not None and names is None and not in_name:
+                    names = self._score_name(context, grammar, root, known, branch_seqs, out)
                 drafting = self.draft_values and copy is not None and copy.inside
-                logits = lookahead.logits(pending, draft if drafting else None, budget - len(produced))
+                if in_name:  # keep the logits after every name token for the scorer
+                    taken = tuple(produced[decision_at:])
+                    rows = lookahead.logits_rows(pending)
+                    for index, row in enumerate(rows):
+                        if row is not None:
+                            known[taken[: len(taken) - len(rows) + index + 1]] = row
+                    logits = rows[-1]
+                else:
+                    logits = lookahead.logits(pending, draft if drafting else None, budget - len(produced))
                 position = lookahead.position
-                if probabilities is None and out == DECISION:
-                    probabilities = grammar.scorer.score(
-                        context, WORK_SEQ, position, logits, matcher, branch_seqs
-                    ).probabilities
+                if names is None and root is None and out == DECISION:
+                    if self.name_focus:
+                        root, decision_at = (logits, matcher.clone(), position), len(produced)
+                    else:
+                        scorer = grammar.scorer
+                        scores = scorer.score(context, WORK_SEQ, position, logits, matcher, branch_seqs)
+                        names = _Names(scores.probabilities, grammar)
                 if copy is not None:
                     copy.rejected = None
                 try:
@@ -881,16 +925,58 @@ class Router:
                     break
                 take(token)
             lookahead.discard()
-            if probabilities is None:
-                probabilities = self._score_forced(slot, grammar, tokens, branch_seqs)
+            if names is None and root is not None:
+                names = self._score_name(context, grammar, root, known, branch_seqs, out)
+            if names is None:
+                names = self._score_forced(slot, grammar, tokens, branch_seqs, self._focus(out, grammar))
+            elif not names.covers(self._focus_name(out)):  # a decoding again chose another tool
+                first = names.grammar
+                names = self._score_forced(slot, first, tokens, branch_seqs, self._focus(out, first))
         finally:
             context.seq_rm(WORK_SEQ)
             matcher.close()
-        return _Generation(bytes(out), len(produced), truncated, probabilities, dead_end, scored)
+            if root is not None:
+                root[1].close()
+        return _Generation(bytes(out), len(produced), truncated, names, dead_end, scored)
+
+    def _focus_name(self, out: bytes | bytearray) -> str | None:
+        """The tool name an output wrote after `{"tool":"`, once its closing quote is there."""
+        if not out.startswith(DECISION):
+            return None
+        end = out.find(b'"', len(DECISION))
+        return None if end < 0 else bytes(out[len(DECISION) : end]).decode("utf-8", "replace")
+
+    def _focus(self, out: bytes | bytearray, grammar: _Grammar) -> frozenset[str] | None:
+        """The names whose probabilities the rules read: the chosen tool and no_tool (None:
+        every name, without name focus or before a name is written)."""
+        name = self._focus_name(out) if self.name_focus else None
+        if name is None or name not in grammar.names:
+            return None
+        return frozenset({name, NO_TOOL}.intersection(grammar.names))
+
+    def _score_name(
+        self,
+        context: Context,
+        grammar: _Grammar,
+        root: tuple[np.ndarray, Matcher, int],
+        known: dict[tuple[int, ...], np.ndarray],
+        branch_seqs: list[int],
+        out: bytes | bytearray,
+    ) -> _Names:
+        """The names' probabilities at the decision point `root`, read once the name is written."""
+        logits, matcher, position = root
+        focus = self._focus(out, grammar)
+        scores = grammar.scorer.score(context, WORK_SEQ, position, logits, matcher, branch_seqs, focus, known)
+        return _Names(scores.probabilities, grammar, focus, scores.unresolved)
 
     def _score_forced(
-        self, slot: _Slot, grammar: _Grammar, tokens: list[int], branch_seqs: list[int]
-    ) -> dict[str, float]:
+        self,
+        slot: _Slot,
+        grammar: _Grammar,
+        tokens: list[int],
+        branch_seqs: list[int],
+        focus: frozenset[str] | None = None,
+    ) -> _Names:
         """Confidence when the output's tokens stepped over the decision point (a token spanning
         `":"t`, say): teacher-force `{"tool":"` after the prompt on a branch and score from there."""
         context, branch, rest = slot.context, branch_seqs[0], branch_seqs[1:]
@@ -901,8 +987,9 @@ class Router:
                 matcher.accept(token)
             context.seq_cp(WORK_SEQ, branch, 0, len(tokens))
             logits = context.extend(decision, branch, len(tokens))
-            scores = grammar.scorer.score(context, branch, len(tokens) + len(decision), logits, matcher, rest)
-            return scores.probabilities
+            position = len(tokens) + len(decision)
+            scores = grammar.scorer.score(context, branch, position, logits, matcher, rest, focus)
+            return _Names(scores.probabilities, grammar, focus, scores.unresolved)
         finally:
             context.seq_rm(branch)
             matcher.close()
@@ -921,11 +1008,18 @@ class Router:
         parsed = None if generation.truncated else self.catalogue.parse(raw)
         if parsed is not None and parsed.tool not in grammar.names:
             parsed = None  # outside the tools this request allowed
-        probabilities = dict(sorted(generation.probabilities.items(), key=lambda kv: -kv[1]))
+        names = generation.names
+        probabilities = dict(sorted(names.probabilities.items(), key=lambda kv: -kv[1]))
         chosen = parsed.tool if parsed is not None else None
         confidence = probabilities.get(chosen) if chosen else None
         others = [(n, p) for n, p in probabilities.items() if n != chosen]
-        runner_up = RunnerUp(tool=others[0][0], probability=others[0][1]) if chosen and others else None
+        # With name focus the other names' values are lower bounds: a runner-up is named only
+        # when no unsplit mass could put another name above it.
+        runner_up = None
+        if chosen and others:
+            second = others[1][1] if len(others) > 1 else 0.0
+            if names.covers(others[0][0]) or others[0][1] >= second + names.unresolved:
+                runner_up = RunnerUp(tool=others[0][0], probability=others[0][1])
         # A refusal has no call score; without `call_score` the tokens were scored for the key rule only.
         scored = self.call_score and not isinstance(parsed, NoTool)
         logprobs = [token.logprob for token in generation.scored] if scored else []
@@ -956,6 +1050,7 @@ class Router:
             confidence=confidence,
             runner_up=runner_up,
             probabilities=probabilities,
+            unresolved_mass=names.unresolved,
             prompt_tokens=len(tokens),
             cached_tokens=cached,
             completion_tokens=generation.tokens,

@@ -331,7 +331,8 @@ def test_confidence_when_the_output_steps_over_the_decision_point(tiny):
             context = slot.context
             context.seq_cp(0, 1, 0, cached)
             context.extend(tokens[cached:], 1, cached)
-            fallback = tiny._score_forced(slot, grammar, tokens, list(range(2, tiny._n_seq_max)))
+            seqs = list(range(2, tiny._n_seq_max))
+            fallback = tiny._score_forced(slot, grammar, tokens, seqs).probabilities
         finally:
             slot.context.seq_rm(1)
     inline = tiny.route("where is ORD-1?").probabilities
