@@ -40,8 +40,8 @@ How a request runs:
 4. **Confidence** at the decision point right after `{"tool":"`: the probability of each name
    under the grammar-constrained distribution, from the logits the greedy step reads anyway
    (no extra decode when the tools' names start differently); see `confidence.py`. By default
-   (`name_focus`) it is read once the name is written, exactly for the chosen tool and no_tool
-   (what the rules read), reusing the logits the greedy decoding computed along the name.
+   (`name_focus`) it is read once the name is written, for the chosen tool and no_tool (the two
+   the rules read), reusing the logits the greedy decoding computed along the name.
 5. The text is parsed and validated against the catalogue; anything else is `invalid`.
 
 Answering a tool's output (`answer`, `respond`, `ask`; `answering.py`): the call is validated
@@ -365,9 +365,9 @@ class Router:
         The fast path's switches, for measuring each on and off: `draft_values` (copied values
         drafted from the request, verified in one batch: `drafting.py`), `name_pruning` (the
         name scorer follows only names with non-negligible mass: `confidence.py`),
-        `name_focus` (the names' probabilities are read once the name is written, exactly for
-        the chosen tool and no_tool, along the greedy decoding's own logits; the other names'
-        are lower bounds, `RouteResult.unresolved_mass` says by how much: `confidence.py`) and
+        `name_focus` (the names' probabilities are read once the name is written, for the
+        chosen tool and no_tool, along the greedy decoding's own logits; the other names' are
+        lower bounds, `RouteResult.unresolved_mass` says by how much: `confidence.py`) and
         `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
         then empty).
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).

@@ -8,6 +8,7 @@ most `unresolved_mass`; and scoring must cost fewer model batches than the full 
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -143,3 +144,21 @@ def test_the_rows_of_a_name_batch_are_the_logits_of_plain_steps(prefixes):
         finally:
             context.seq_rm(1)
             context.seq_rm(2)
+
+
+def test_the_parity_bench_compares_focus_on_and_off(prefixes, tmp_path):
+    from toolroute.bench.name_focus_parity import main
+
+    data = tmp_path / "requests.jsonl"
+    call = {"id": "call_0", "type": "function", "function": {"name": "play_music", "arguments": "{}"}}
+    rows = [
+        {"messages": [{"role": "user", "content": text}, {"role": "assistant", "tool_calls": [call]}]}
+        for text in REQUESTS
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "parity.json"
+    main([str(prefixes), "--data", str(data), "--requests", "3", "--threads", "1", "--out", str(out)])
+    found = json.loads(out.read_text())
+    assert found["requests"] == 3 and len(found["rows"]) == 3 and len(found["ms"]["focus"]) == 3
+    assert found["same_answers"] == 3 and found["lower_bounds_ok"] == 3
+    assert found["max_no_tool_gap"] <= found["tolerance"] and found["max_tool_gap"] <= found["tolerance"]
