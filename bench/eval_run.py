@@ -70,8 +70,10 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
     span_mass = getattr(args, "min_span_mass", None)
     required_mass = getattr(args, "min_required_span_mass", None)
     key_rule = getattr(args, "min_key_probability", None)
+    name_focus = not getattr(args, "no_name_focus", False)
     router = Router.load(
         model, n_threads=args.threads, n_ctx=args.n_ctx, stored_thresholds=False, copy_rule=copy_rule,
+        name_focus=name_focus,
         **({} if span_mass is None else {"min_span_mass": span_mass}),
         **({} if required_mass is None else {"min_required_span_mass": required_mass}),
         **({} if key_rule is None else {"min_key_probability": key_rule}),
@@ -90,6 +92,7 @@ def evaluate_gguf(args: argparse.Namespace, model: Path) -> tuple[EvalDocument, 
                 "min_required_span_mass": router.copy_rule.min_required_span_mass,
                 "min_key_probability": router.min_key_probability,
             },
+            name_focus=router.name_focus,
         )  # fmt: skip
         stored = StoredRules(
             min_confidence=router.metadata.threshold,

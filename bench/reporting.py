@@ -42,6 +42,8 @@ class ModelInfo(BaseModel):
     # The router's decoding cut-offs the outputs were made with (min_span_mass,
     # min_required_span_mass, min_key_probability), so a report says which defaults it ran under.
     cut_offs: dict[str, float] | None = None
+    # Whether the names' probabilities were read with name focus (the runtime's default; None: n/a).
+    name_focus: bool | None = None
 
 
 class DataInfo(BaseModel):

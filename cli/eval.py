@@ -37,6 +37,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_copy_rule_flags(parser)
     parser.add_argument(
+        "--no-name-focus",
+        action="store_true",
+        help="split every name's probability at the decision point (the full name scorer) instead of "
+        "reading the chosen tool's and no_tool's along the decoding (the runtime's default)",
+    )
+    parser.add_argument(
         "--max-risk",
         type=float,
         default=None,  # bench.reporting.MAX_RISK, filled in by `_eval`

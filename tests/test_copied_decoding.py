@@ -363,3 +363,9 @@ def test_the_commands_pass_the_required_cut_off_to_the_router(command, copy_file
     with pytest.raises(Loaded):
         main(argv)
     assert "min_required_span_mass" not in seen  # the runtime's default
+    if command == "eval":  # name focus: the runtime's default, and off on request
+        assert seen["name_focus"] is True
+        seen.clear()
+        with pytest.raises(Loaded):
+            main([*argv, "--no-name-focus"])
+        assert seen["name_focus"] is False
