@@ -25,6 +25,7 @@ from toolroute.runtime.confidence import FOCUS_TOLERANCE, NAME_TOLERANCE
 from toolroute.runtime.files import atomic_write_text
 from toolroute.runtime.results import RouteResult
 from toolroute.runtime.router import Router
+from toolroute.runtime.router_file import read_router_file
 from toolroute.train.formats import read_valid_examples
 
 from .metrics import percentile
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
     parser.add_argument("--out", type=Path, help="write the measurement as JSON here")
     args = parser.parse_args(argv)
-    with Router.load(args.router, n_threads=1) as router:
-        catalogue = router.catalogue
+    catalogue = read_router_file(args.router).catalogue  # the header alone: no third load of the weights
     requests = spread([e.request for e in read_valid_examples(args.data, catalogue).examples], args.requests)
     found = measure(args.router, requests, args.threads)
     tolerance, focus = f"{NAME_TOLERANCE:g}", f"{FOCUS_TOLERANCE:g}"

@@ -888,7 +888,7 @@ class Router:
                 if len(produced) >= budget:
                     truncated = True
                     break
-                in_name = root is not None and names is None and b'"' not in out[len(DECISION) :]
+                in_name = root is not None and names is None and out.find(b'"', len(DECISION)) < 0
                 if root is not None and names is None and not in_name:
                     names = self._score_name(context, grammar, root, known, branch_seqs, out)
                 drafting = self.draft_values and copy is not None and copy.inside
