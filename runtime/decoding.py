@@ -11,7 +11,7 @@ arguments, see `copying.py`), `pick_greedy` also keeps copied values to spans of
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from .copying import CopyTracker, PieceTrie
 from .grammar_engine import GrammarMatcher, Utf8Tracker, utf8_pending
+from .memory import KvRelease, create_releasing, kv_cache_bytes
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -272,13 +273,42 @@ def allowed_tokens(
     return candidates[finite], masked[finite]
 
 
+def _kv_cache_bytes(llama: Llama) -> Callable[[llama_cpp.llama_context_p], int | None]:
+    """The size of a context's KV buffer on this model, where one buffer holds it: F16 K and V for
+    every layer and every cell (the defaults the router keeps); None with a sliding window."""
+    model = llama.model
+
+    def size(ctx: llama_cpp.llama_context_p) -> int | None:
+        if llama_cpp.llama_model_n_swa(model) > 0:
+            return None
+        return kv_cache_bytes(
+            llama.metadata,
+            n_layer=llama_cpp.llama_model_n_layer(model),
+            n_embd=llama_cpp.llama_model_n_embd(model),
+            n_head=llama_cpp.llama_model_n_head(model),
+            n_head_kv=llama_cpp.llama_model_n_head_kv(model),
+            cells=llama_cpp.llama_n_ctx(ctx),
+        )
+
+    return size
+
+
 class Context:
     """One llama.cpp context over a shared model, with its own batch and unified KV cache.
 
     Not thread-safe: the router gives each thread a whole context at a time.
     """
 
-    def __init__(self, llama: Llama, n_ctx: int, n_batch: int, n_seq_max: int, n_threads: int) -> None:
+    def __init__(
+        self,
+        llama: Llama,
+        n_ctx: int,
+        n_batch: int,
+        n_seq_max: int,
+        n_threads: int,
+        *,
+        release_memory: bool = True,
+    ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -289,7 +319,13 @@ class Context:
         params.n_threads_batch = n_threads
         params.no_perf = True
         self._llama = llama  # the model must outlive the context
-        self.ctx = llama_cpp.llama_init_from_model(llama.model, params)
+        create = lambda: llama_cpp.llama_init_from_model(llama.model, params)  # noqa: E731
+        if release_memory:
+            # llama.cpp clears the whole KV cache as it makes it (94 MB at n_ctx 4096 for
+            # SmolLM2-135M) with the weights resident: memory.py gives back what nothing reads.
+            self.ctx, self.release = create_releasing(create, llama.model_path, _kv_cache_bytes(llama))
+        else:
+            self.ctx, self.release = create(), KvRelease(skipped="release_memory=False")
         if not self.ctx:
             raise DecodeError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)

@@ -8,16 +8,29 @@ import resource
 from pathlib import Path
 
 
+def _status_mb(field: str) -> float | None:
+    """A `/proc/self/status` memory field in MB, or None where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now in MB (VmRSS), or None where /proc is missing."""
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS in MB. VmHWM belongs to the process's own memory map; `ru_maxrss` on
     Linux keeps the parent's peak across fork and exec (a bench parent holding torch showed
     1.8 GB for every child), so it is only the fallback where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0  # kB
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 

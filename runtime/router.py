@@ -106,6 +106,7 @@ from .dispatch import DispatchResult, Registry
 from .drafting import Lookahead, request_draft
 from .grammar_engine import GrammarLoadError, Utf8Tracker
 from .key_rule import ScoredToken, WeakArgument, weakest_argument
+from .llama_build import check_llama_build
 from .lru import LruCache
 from .prompt_tokens import PromptTokenizer, common_prefix
 from .resources import physical_cores
@@ -179,7 +180,14 @@ class _Slot:
     """One context, its cached prefix and its pristine grammar matchers. Used by one thread at a time."""
 
     def __init__(self, router: Router, n_threads: int) -> None:
-        self.context = Context(router._llama, router.n_ctx, N_BATCH, router._n_seq_max, n_threads)
+        self.context = Context(
+            router._llama,
+            router.n_ctx,
+            N_BATCH,
+            router._n_seq_max,
+            n_threads,
+            release_memory=router.release_memory,
+        )
         self._llama = router._llama
         self._matchers: LruCache[str, Matcher] = LruCache(MAX_CACHED_GRAMMARS, on_evict=Matcher.close)
         self.prefix = router._prompts.prefix if router.cache_prefix else []
@@ -254,6 +262,7 @@ class Router:
         min_key_probability: float = 0.0,
         min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
         name_focus: bool = True,
+        release_memory: bool = True,
     ) -> None:
         if n_contexts < 1:
             raise ValueError("n_contexts must be at least 1")
@@ -291,6 +300,8 @@ class Router:
         self.draft_values = draft_values
         self._name_mass = NAME_MASS if name_pruning else 0.0
         self.name_focus = name_focus
+        # Pages the router holds but never reads given back when a context is made (memory.py).
+        self.release_memory = release_memory
         self.no_tool_reason = no_tool_reason
         self.n_ctx = n_ctx
         self.n_contexts = n_contexts
@@ -353,6 +364,7 @@ class Router:
         min_key_probability: float = 0.0,
         min_required_span_mass: float = DEFAULT_MIN_REQUIRED_SPAN_MASS,
         name_focus: bool = True,
+        release_memory: bool = True,
     ) -> Router:
         """Load a router GGUF and check its embedded metadata.
 
@@ -369,7 +381,9 @@ class Router:
         chosen tool and no_tool, along the greedy decoding's own logits; the other names' are
         lower bounds, `RouteResult.unresolved_mass` says by how much: `confidence.py`) and
         `no_tool_reason=False` (a no_tool answer stops once its name is decided; its reason is
-        then empty).
+        then empty). `release_memory=False` keeps the pages a context's making leaves resident
+        but unused (the cleared KV cache's zero pages, the weights' pages touched before it:
+        `memory.py`); the routes are the same either way, only the resident set differs.
         `max_answer_tokens` caps `answer`'s replies (default `DEFAULT_ANSWER_TOKENS`, 256).
         `min_span_mass`: an optional copied argument is left out when, at some step of its value,
         the model gives what the copy rule allows less probability than this
@@ -386,6 +400,7 @@ class Router:
         # llama.cpp's parser unchecked (see router_file.py).
         router_file = read_router_file(where)
         threads = n_threads or _default_threads(n_contexts)
+        check_llama_build()  # a build that would crash on the first model step is refused first
         # The Llama object owns the weights (and the vocabulary); the router runs its own contexts
         # over them, so Llama's own context is kept minimal.
         llama = Llama(where, n_ctx=64, n_batch=8, n_ubatch=8, n_threads=threads, verbose=False)
@@ -419,6 +434,7 @@ class Router:
                 min_key_probability=min_key_probability,
                 min_required_span_mass=min_required_span_mass,
                 name_focus=name_focus,
+                release_memory=release_memory,
             )
         except GrammarLoadError as exc:
             llama.close()
