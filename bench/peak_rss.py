@@ -7,7 +7,7 @@ Each side runs in a fresh Python process of its own (a process's peak is its own
 imports only the runtime, loads the router with `release_memory=True` (the default: the weights'
 pages dropped before a context is made, the cleared KV cache's zero pages given back after it,
 `runtime/memory.py`) or `False`, and routes the requests in turn, one thread. Each reports its
-resident memory after the load and at the end (`VmRSS`), its peak (`VmHWM`), the load time, each
+resident memory after the load and after the last route (`VmRSS`), its peak (`VmHWM`), the load time, each
 route's wall-clock latency, what the release did, and every result; the parent checks that the
 two sides' results are the same in every field but latency. `--rounds N` runs the pair N times,
 alternating which side goes first, and reports medians. Without a router the untuned
@@ -51,13 +51,14 @@ def child(router: Path, requests_file: Path, release: bool, threads: int) -> dic
             result = router_.route(request)
             latencies.append((time.perf_counter() - clock) * 1000.0)
             results.append(result.model_dump(mode="json", exclude={"latency_ms"}))
+        routed = rss_mb()  # the steady state a long-lived process keeps
     finally:
         router_.close()
     return {
         "release_memory": release,
         "rss_before_load_mb": started,
         "rss_after_load_mb": after_load,
-        "rss_end_mb": rss_mb(),
+        "rss_routed_mb": routed,
         "peak_rss_mb": peak_rss_mb(),
         "load_s": load_s,
         "weights_dropped": release_done.weights_dropped,
@@ -87,7 +88,7 @@ def _run_side(router: Path, requests_file: Path, side: str, threads: int) -> dic
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def measure(router: Path, requests: list[str], threads: int, rounds: int) -> dict[str, Any]:
+def measure(router: Path, requests: list[str], threads: int, rounds: int, label: str) -> dict[str, Any]:
     """Both sides `rounds` times, alternating which goes first; medians and the output check."""
     from toolroute.bench.metrics import percentile
 
@@ -115,7 +116,7 @@ def measure(router: Path, requests: list[str], threads: int, rounds: int) -> dic
         side: {
             "rss_after_load_mb": median(side, "rss_after_load_mb"),
             "peak_rss_mb": median(side, "peak_rss_mb"),
-            "rss_end_mb": median(side, "rss_end_mb"),
+            "rss_routed_mb": median(side, "rss_routed_mb"),
             "load_s": median(side, "load_s"),
             "latency_ms_p50": percentile([ms for run in runs[side] for ms in run["latency_ms"]], 50),
             "weights_dropped": runs[side][0]["weights_dropped"],
@@ -125,7 +126,7 @@ def measure(router: Path, requests: list[str], threads: int, rounds: int) -> dic
         for side in SIDES
     }
     return {
-        "router": str(router),
+        "router": label,
         "requests": len(requests),
         "threads": threads,
         "rounds": rounds,
@@ -142,14 +143,15 @@ def markdown(found: dict[str, Any]) -> str:
         f"{found['rounds']} round(s) (medians); results the same in every field but latency on "
         f"{found['same_results']} of {found['requests']}.",
         "",
-        "| release_memory | RSS after load MB | peak RSS MB | RSS at end MB | load s | p50 ms "
+        "| release_memory | RSS after load MB | peak RSS MB | RSS after the routes MB | load s | p50 ms "
         "| weights' pages dropped MB | KV cache given back MB | skipped |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for side in SIDES:
         row = found["summary"][side]
         lines.append(
-            f"| {side} | {row['rss_after_load_mb']:.1f} | {row['peak_rss_mb']:.1f} | {row['rss_end_mb']:.1f} "
+            f"| {side} | {row['rss_after_load_mb']:.1f} | {row['peak_rss_mb']:.1f} "
+            f"| {row['rss_routed_mb']:.1f} "
             f"| {row['load_s']:.2f} | {row['latency_ms_p50']:.1f} | {row['weights_dropped'] / 1e6:.1f} "
             f"| {row['kv_released'] / 1e6:.1f} | {row['skipped'] or '-'} |"
         )
@@ -164,7 +166,11 @@ def plot(found: dict[str, Any], path: Path) -> None:
 
     from toolroute.runtime.files import atomic_write_png
 
-    keys = (("rss_after_load_mb", "after load"), ("peak_rss_mb", "peak"), ("rss_end_mb", "at end"))
+    keys = (
+        ("rss_after_load_mb", "after load"),
+        ("peak_rss_mb", "peak"),
+        ("rss_routed_mb", "after the routes"),
+    )
     figure, axes = plt.subplots(figsize=(6, 3.5))
     width = 0.38
     for offset, side in ((-width / 2, "off"), (width / 2, "on")):
@@ -224,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         if not router.is_file():
             parser.error(f"{router}: no such router file")
         requests = _requests(args.data or EVAL, router, args.requests)
-        found = measure(router, requests, args.threads, args.rounds)
+        label = str(args.router) if args.router else "untuned customer support (default base, Q4_1)"
+        found = measure(router, requests, args.threads, args.rounds, label)
     table = markdown(found)
     print(table, end="")
     if args.out is not None:
