@@ -182,7 +182,9 @@ def plot(found: dict[str, Any], path: Path) -> None:
     axes.set_title(
         f"{Path(found['router']).name}: {found['requests']} requests, one process a side", fontsize=9
     )
-    axes.legend(fontsize=8)
+    highest = max(found["summary"][side][key] for side in SIDES for key, _ in keys)
+    axes.set_ylim(0, highest * 1.3)  # room for the legend above the bars
+    axes.legend(fontsize=8, ncols=2, loc="upper center")
     figure.tight_layout()
     atomic_write_png(figure, path)
     plt.close(figure)
