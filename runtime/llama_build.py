@@ -1,13 +1,14 @@
 """Whether the installed llama.cpp build can run a model on this machine without crashing the process.
 
 llama-cpp-python builds llama.cpp from source with `-march=native`; on a CPU that reports Intel AMX
-(Sapphire Rapids and later Xeons) that compiles in ggml's AMX matrix multiply, which llama.cpp
-0.3.36 then uses for Q4_0/Q4_1/Q8_0 weights, and which kills the process with SIGSEGV on the first
-model step (`ldtilecfg` in `ggml_backend_amx_mul_mat`: the tile configuration is built on the stack
-and only the calling thread asked for AMX state; ggml-org/llama.cpp#20824, fix proposed in #26954).
-Seen here on a 2-core Xeon VM: every route, and plain `Llama(...)(prompt)`, crashed. A segfault
-takes a server down with every request in flight, so a build that compiled it in is refused with
-the rebuild command instead; `make setup` builds without it (`-mno-amx-*`).
+(Sapphire Rapids and later Xeons) that compiles in ggml's AMX matrix multiply, which the pinned
+llama.cpp then uses for the quantized weights it has kernels for (the default base's Q4_1 among
+them), and which kills the process with SIGSEGV on the first model step (`ldtilecfg` in
+`ggml_backend_amx_mul_mat`; upstream ggml-org/llama.cpp#20824, a fix proposed in #26954: the tile
+configuration can be optimised away, and only the thread that loads the model asks the kernel
+for AMX state). Seen here on a 2-core Xeon VM: every route, and plain `Llama(...)(prompt)`,
+crashed. A segfault takes a server down with every request in flight, so a build that compiled
+it in is refused, naming the rebuild; `make setup` builds without it (`-mno-amx-*`).
 
 The build's features are what llama.cpp itself reports (`llama_print_system_info`), read once.
 """
@@ -23,11 +24,21 @@ from functools import cache
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 # Features whose code in this llama.cpp crashes the process (see the module's docstring).
 CRASHING_FEATURES = ("AMX_INT8",)
-REBUILD = (
-    f'CFLAGS="{NO_AMX_FLAGS}" CXXFLAGS="{NO_AMX_FLAGS}" '
-    "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python==0.3.36"
-    " (in this repository: rm -rf .whl .venv && make setup)"
-)
+
+
+def rebuild_command() -> str:
+    """The command that rebuilds the installed llama-cpp-python without AMX (pyproject pins the version)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pinned = f"llama-cpp-python=={version('llama-cpp-python')}"
+    except PackageNotFoundError:
+        pinned = "llama-cpp-python"
+    return (
+        f'CFLAGS="{NO_AMX_FLAGS}" CXXFLAGS="{NO_AMX_FLAGS}" '
+        f"pip install --no-cache-dir --force-reinstall --no-deps {pinned}"
+        " (in this repository: rm -rf .whl .venv && make setup)"
+    )
 
 
 class LlamaBuildError(RuntimeError):
@@ -60,7 +71,7 @@ def check_llama_build() -> None:
             f"llama-cpp-python was built with {', '.join(found)} (llama.cpp reports "
             f"{', '.join(f'{name} = 1' for name in found)}): its AMX matrix multiply crashes the "
             "process on the first model step (ggml-org/llama.cpp#20824). Rebuild it without: "
-            f"{REBUILD}"
+            f"{rebuild_command()}"
         )
 
 
