@@ -18,7 +18,9 @@ of which changes nothing a reader of the memory can see:
    cache's, computed from the model's dimensions (F16 K and V, one cell per position); a model with
    a sliding-window cache (two buffers), other cache types or anything unexpected (no such run, or
    several) leaves the memory as it is. The length match is what keeps other memory out of it:
-   only the new context knows this buffer, so no other thread writes to it meanwhile.
+   only the new context knows this buffer, so no other thread writes to it meanwhile. A cache
+   under glibc's mmap threshold (at most 32 MB: small models or contexts) can come from heap
+   memory freed earlier in the process, which was not new: it is then left as it is too.
 """
 
 from __future__ import annotations
