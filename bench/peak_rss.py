@@ -1,14 +1,16 @@
 """A router process's resident memory with `release_memory` on and off: same file, same requests.
 
     python -m toolroute.bench.peak_rss [ROUTER.gguf] [--data FILE] [--requests 194] [--threads 1]
-                                       [--rounds 1] [--out results/memory/NAME]
+                                       [--contexts 1] [--rounds 1] [--out results/memory/NAME]
 
 Each side runs in a fresh Python process of its own (a process's peak is its own: `VmHWM`), which
 imports only the runtime, loads the router with `release_memory=True` (the default: the weights'
 pages dropped before a context is made, the cleared KV cache's zero pages given back after it,
-`runtime/memory.py`) or `False`, and routes the requests in turn, one thread. Each reports its
-resident memory after the load and after the last route (`VmRSS`), its peak (`VmHWM`), the load time, each
-route's wall-clock latency, what the release did, and every result; the parent checks that the
+`runtime/memory.py`) or `False`, with `--contexts` contexts (each made, and released, in turn:
+what `toolroute serve --contexts` holds), and routes the requests one after another. Each
+reports its resident memory after the load and after the last route (`VmRSS`), its peak
+(`VmHWM`), the load time, each route's wall-clock latency, what the release did (summed over the
+contexts), and every result; the parent checks that the
 two sides' results are the same in every field but latency. `--rounds N` runs the pair N times,
 alternating which side goes first, and reports medians. Without a router the untuned
 customer-support router is built from the default base (`router_files.untuned_router`), with its
@@ -32,7 +34,7 @@ SIDES = ("off", "on")  # release_memory False, True
 CHILD_TIMEOUT_S = 3600.0
 
 
-def child(router: Path, requests_file: Path, release: bool, threads: int) -> dict[str, Any]:
+def child(router: Path, requests_file: Path, release: bool, threads: int, contexts: int) -> dict[str, Any]:
     """Run in the measured process: load, route every request, report (nothing heavier is imported)."""
     from toolroute.runtime.resources import peak_rss_mb, rss_mb
     from toolroute.runtime.router import Router
@@ -40,10 +42,10 @@ def child(router: Path, requests_file: Path, release: bool, threads: int) -> dic
     requests = json.loads(requests_file.read_text())
     started = rss_mb()
     clock = time.perf_counter()
-    router_ = Router.load(router, n_threads=threads, release_memory=release)
+    router_ = Router.load(router, n_threads=threads, n_contexts=contexts, release_memory=release)
     load_s = time.perf_counter() - clock
     after_load = rss_mb()
-    release_done = router_._all_slots[0].context.release
+    releases = [slot.context.release for slot in router_._all_slots]  # one per context
     results, latencies = [], []
     try:
         for request in requests:
@@ -61,15 +63,15 @@ def child(router: Path, requests_file: Path, release: bool, threads: int) -> dic
         "rss_routed_mb": routed,
         "peak_rss_mb": peak_rss_mb(),
         "load_s": load_s,
-        "weights_dropped": release_done.weights_dropped,
-        "kv_released": release_done.kv_released,
-        "skipped": release_done.skipped,
+        "weights_dropped": sum(done.weights_dropped for done in releases),
+        "kv_released": sum(done.kv_released for done in releases),
+        "skipped": "; ".join(sorted({done.skipped for done in releases if done.skipped})),
         "latency_ms": latencies,
         "results": results,
     }
 
 
-def _run_side(router: Path, requests_file: Path, side: str, threads: int) -> dict[str, Any]:
+def _run_side(router: Path, requests_file: Path, side: str, threads: int, contexts: int) -> dict[str, Any]:
     command = [
         sys.executable,
         "-m",
@@ -81,6 +83,8 @@ def _run_side(router: Path, requests_file: Path, side: str, threads: int) -> dic
         str(requests_file),
         "--threads",
         str(threads),
+        "--contexts",
+        str(contexts),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     if done.returncode != 0:
@@ -88,7 +92,9 @@ def _run_side(router: Path, requests_file: Path, side: str, threads: int) -> dic
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def measure(router: Path, requests: list[str], threads: int, rounds: int, label: str) -> dict[str, Any]:
+def measure(
+    router: Path, requests: list[str], threads: int, rounds: int, label: str, contexts: int = 1
+) -> dict[str, Any]:
     """Both sides `rounds` times, alternating which goes first; medians and the output check."""
     from toolroute.bench.metrics import percentile
 
@@ -98,7 +104,7 @@ def measure(router: Path, requests: list[str], threads: int, rounds: int, label:
         requests_file.write_text(json.dumps(requests))
         for round_ in range(rounds):
             for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
-                runs[side].append(_run_side(router, requests_file, side, threads))
+                runs[side].append(_run_side(router, requests_file, side, threads, contexts))
     reference = runs["off"][0]["results"]
     differing = sorted(
         {
@@ -129,6 +135,7 @@ def measure(router: Path, requests: list[str], threads: int, rounds: int, label:
         "router": label,
         "requests": len(requests),
         "threads": threads,
+        "contexts": contexts,
         "rounds": rounds,
         "same_results": len(requests) - len(differing),
         "differing_requests": [requests[index] for index in differing],
@@ -140,6 +147,7 @@ def measure(router: Path, requests: list[str], threads: int, rounds: int, label:
 def markdown(found: dict[str, Any]) -> str:
     lines = [
         f"Router `{found['router']}`, {found['requests']} requests, {found['threads']} thread(s), "
+        f"{found.get('contexts', 1)} context(s), "
         f"{found['rounds']} round(s) (medians); results the same in every field but latency on "
         f"{found['same_results']} of {found['requests']}.",
         "",
@@ -213,14 +221,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="pairs of processes, alternating order (default 1)"
     )
+    parser.add_argument("--contexts", type=int, default=1, help="contexts the router holds (default 1)")
     parser.add_argument("--out", type=Path, help="write peak-rss.json, PEAK_RSS.md and peak-rss.png here")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--requests-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.requests < 1:
-        parser.error("--rounds and --requests must be at least 1")
+    if min(args.rounds, args.requests, args.contexts) < 1:
+        parser.error("--rounds, --requests and --contexts must be at least 1")
     if args.child is not None:
-        print(json.dumps(child(args.router, args.requests_file, args.child == "on", args.threads)))
+        print(
+            json.dumps(
+                child(args.router, args.requests_file, args.child == "on", args.threads, args.contexts)
+            )
+        )
         return
     from toolroute.runtime.files import atomic_write_text
 
@@ -233,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{router}: no such router file")
         requests = _requests(args.data or EVAL, router, args.requests)
         label = str(args.router) if args.router else "untuned customer support (default base, Q4_1)"
-        found = measure(router, requests, args.threads, args.rounds, label)
+        found = measure(router, requests, args.threads, args.rounds, label, args.contexts)
     table = markdown(found)
     print(table, end="")
     if args.out is not None:
