@@ -140,7 +140,12 @@ def measure(
         "same_results": len(requests) - len(differing),
         "differing_requests": [requests[index] for index in differing],
         "summary": summary,
-        "runs": runs,
+        # Every run's results were compared above; one copy is kept (the same in all where
+        # `same_results` says so), beside each run's numbers.
+        "results": reference,
+        "runs": {
+            side: [{k: v for k, v in run.items() if k != "results"} for run in runs[side]] for side in SIDES
+        },
     }
 
 

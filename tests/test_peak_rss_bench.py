@@ -12,7 +12,7 @@ def test_both_sides_route_the_same_and_the_release_is_reported(tmp_path_factory,
     path = runtime_support.tiny_router_file(tmp_path_factory)
     requests = ["Where is my order ORD-1234?", "hello!"]
     found = peak_rss.measure(path, requests, threads=1, rounds=2, label="tiny")
-    assert found["same_results"] == 2 and found["differing_requests"] == []
+    assert found["same_results"] == 2 and found["differing_requests"] == [] and len(found["results"]) == 2
     assert [run["release_memory"] for run in found["runs"]["on"]] == [True, True]
     off, on = found["summary"]["off"], found["summary"]["on"]
     assert off["kv_released"] == 0 and off["skipped"] == "release_memory=False"
