@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Callable, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING
 
 import llama_cpp
@@ -319,7 +319,7 @@ class Context:
         params.n_threads_batch = n_threads
         params.no_perf = True
         self._llama = llama  # the model must outlive the context
-        create = lambda: llama_cpp.llama_init_from_model(llama.model, params)  # noqa: E731
+        create = partial(llama_cpp.llama_init_from_model, llama.model, params)
         if release_memory:
             # llama.cpp clears the whole KV cache as it makes it (94 MB at n_ctx 4096 for
             # SmolLM2-135M) with the weights resident: memory.py gives back what nothing reads.
