@@ -85,12 +85,24 @@ def _train(args: argparse.Namespace) -> int:
     from toolroute.train.trainer import train
 
     overrides = {key: getattr(args, key) for _, key, _ in SETTINGS}
-    manifest = train(load_config(args.config, overrides), resume=args.resume)
+    manifest = train(load_config(args.config, overrides), resume=args.resume, level_types=_level_types)
     if manifest is not None:
         print(
             json.dumps({"run": str(manifest.name), **manifest.metrics, "wall_time_s": manifest.wall_time_s})
         )
     return 0
+
+
+def _level_types(base: Path, level: str) -> dict[str, str]:
+    """`--quant-aware`'s types: export knows each weight's type at a level, and training sits below
+    export, so the command hands export's reader to the trainer (asked only when the run uses it)."""
+    from toolroute.export.quantize import LEVELS, level_types
+
+    if level not in LEVELS:
+        raise ValueError(f"quant_aware {level!r} is not an export level ({', '.join(LEVELS)})")
+    if base.suffix != ".gguf":
+        raise ValueError(f"quant_aware needs a GGUF base (its weights' types at {level}), not {base}")
+    return level_types(base, level)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

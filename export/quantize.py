@@ -15,6 +15,7 @@ What keeps a router through quantization (`QuantizeOptions`):
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -134,6 +135,7 @@ def quantize(
     token_embedding: EmbeddingType = "level",
     imatrix: ImportanceMatrix | None = None,
     replace_fallbacks: bool = False,
+    requantize: bool = False,
 ) -> Path:
     """Quantize `source` (an F16/F32 GGUF) to `destination` at `level`.
 
@@ -142,13 +144,42 @@ def quantize(
     `replace_fallbacks` gives the weights that llama.cpp fell back to a type in
     `FALLBACK_REPLACEMENTS` the replacement instead (a second pass that names every weight's type,
     `fallbacks_to_replace`), and leaves every other weight's type as llama.cpp chose it.
+    `requantize`: the source may itself be quantized (only the types are wanted: `level_types`).
     """
-    _quantize_once(source, destination, level, threads, token_embedding, imatrix, {}, 0)
+    once = functools.partial(
+        _quantize_once, source, destination, level, threads, token_embedding, imatrix, requantize=requantize
+    )
+    once({}, 0)
     if replace_fallbacks:
         forced, replaced = fallbacks_to_replace(destination, level)
         if forced:
-            _quantize_once(source, destination, level, threads, token_embedding, imatrix, forced, replaced)
+            once(forced, replaced)
     return destination
+
+
+def level_types(base: Path, level: str, options: QuantizeOptions | None = None) -> dict[str, str]:
+    """The llama.cpp type each weight of `base` gets at `level` when export quantizes it with
+    `options` (export's defaults): read back from the base quantized once into a temporary
+    directory. The types depend on the tensors' names and shapes, not their values, so a quantized
+    base file (the packaged GGUF) answers for the F16 file export will quantize. Quantization-aware
+    training (`train/quant_aware.py`) rounds each weight to its type."""
+    import tempfile
+
+    options = options or QuantizeOptions()
+    with tempfile.TemporaryDirectory(prefix="toolroute-types-") as directory:
+        destination = Path(directory) / f"base.{level}.gguf"
+        quantize(
+            base,
+            destination,
+            level,
+            token_embedding=options.token_embedding,
+            replace_fallbacks=options.replace_fallbacks,
+            requantize=True,
+        )
+        reader = gguf.GGUFReader(str(destination), "r")
+        types = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+        del reader  # its memory map must close before the directory goes
+    return types
 
 
 def fallbacks_to_replace(path: Path, level: str) -> tuple[dict[str, str], int]:
@@ -197,9 +228,12 @@ def _quantize_once(
     imatrix: ImportanceMatrix | None,
     types: dict[str, str],
     replaced: int,
+    *,
+    requantize: bool = False,
 ) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LEVELS[level][0]
+    params.allow_requantize = requantize
     params.nthread = threads or os.cpu_count() or 1
     fixed = EMBEDDING_TYPES[token_embedding]
     if fixed is not None:

@@ -113,6 +113,12 @@ class TrainConfig(BaseModel):
         False,
         description="loss only on the completion tokens the model decides (not those the grammar forces)",
     )
+    # Off by default: see train/quant_aware.py and BENCHMARKS.md "Quantization-aware fine-tuning".
+    quant_aware: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="full fine-tuning against the weights this export level will hold (q4_k_m, q8_0, ...)",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

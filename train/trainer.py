@@ -18,7 +18,7 @@ import importlib.metadata
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .copied import decide_copied, describe, parse_overrides
 from .decisions import DecisionMarker, tokenized_rows
 from .examples import Example
 from .formats import read_valid_examples
+from .quant_aware import QuantAwareReport, apply_quant_aware, remove_quant_aware
 from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
@@ -106,6 +107,28 @@ class _Split:
             dropped_too_long=self.dropped,
             answers=self.answer_rows,
         )
+
+
+LevelTypes = Callable[[Path, str], dict[str, str]]
+
+
+def _quant_aware(
+    model: Any, config: TrainConfig, base: Base, level_types: LevelTypes | None
+) -> QuantAwareReport:
+    """Round the frozen weights and put the straight-through rounding on the trained ones."""
+    level = str(config.quant_aware)
+    if config.method != "full":
+        raise TrainingError(
+            "quant_aware needs full fine-tuning (--method full): LoRA's weights are merged later"
+        )
+    if level_types is None:
+        raise TrainingError(
+            "quant_aware needs the level's tensor types: train(..., level_types=export.quantize.level_types)"
+        )
+    try:
+        return apply_quant_aware(model, level_types(Path(base.location), level), level)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
@@ -215,8 +238,17 @@ def _versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in names}
 
 
-def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> RunManifest | None:
-    """Train a run; returns its manifest (None on the non-main processes of a distributed run)."""
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    level_types: LevelTypes | None = None,
+) -> RunManifest | None:
+    """Train a run; returns its manifest (None on the non-main processes of a distributed run).
+
+    `level_types` (base GGUF, level) -> each weight's llama.cpp type: what `quant_aware` rounds to.
+    Export knows the types (`export.quantize.level_types`), and training sits below export, so the
+    caller hands the reader in (the CLI does)."""
     import torch
     from transformers import set_seed
 
@@ -291,6 +323,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         trained = freeze_all_but_layers(model, config.lora.top_layers)
         layers = config.lora.top_layers or "all"
         print(f"full fine-tuning: {trained:,} parameters train (the top {layers} layers)")
+    if config.quant_aware:
+        print(_quant_aware(model, config, base, level_types).summary())
     losses: list[dict[str, Any]] = []
     trainer = make_trainer(
         config,
@@ -318,6 +352,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     if not trainer.is_world_process_zero():
         return None
 
+    if config.quant_aware:
+        remove_quant_aware(trainer.model)  # the unrounded weights are the run's: export rounds them
     save_trained(trainer.model, run, config.method)
     tokenizer.save_pretrained(str(run.tokenizer))
     run.write_losses(losses)
