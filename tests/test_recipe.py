@@ -65,15 +65,6 @@ def test_the_cpu_default_on_small_middling_and_large_data():
     assert _plan(480, time_budget=5)[0].epochs == 2.0
 
 
-def test_quant_aware_steps_cost_more_and_the_budget_sizes_fewer_epochs():
-    config, plan = _plan(480, quant_aware="q4_k_m")
-    # 480 rows at 0.273 x 1.25 s = 164 s an epoch: 5 fit in 15 minutes, not 6.
-    assert (config.epochs, plan.steps, config.quant_aware) == (5.0, 150, "q4_k_m")
-    assert "x1.25 for quant_aware" in plan.cost and plan.given == {}
-    _, given = _plan(480, quant_aware="q4_k_m", epochs=6)
-    assert given.estimated_minutes == 16.4 and "over the 15-min budget" in given.sizing
-
-
 def test_a_gpu_gets_the_stronger_recipe_with_its_own_budget():
     config, plan = _plan(480, cuda=True)
     assert plan.recipe == "gpu" and "CUDA" in plan.recipe_reason and config.time_budget == 30.0

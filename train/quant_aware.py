@@ -1,7 +1,7 @@
 """Quantization-aware fine-tuning: train against the weights a quantization level will hold.
 
 A 135M router loses arguments at Q4_K_M that it writes at F16 (customer support, test rows:
-argument match 0.891 at F16, 0.814 at Q4_K_M; BENCHMARKS.md, "Quantization-aware fine-tuning").
+argument match 0.891 at F16, 0.821 at Q4_K_M; BENCHMARKS.md, "Quantization-aware fine-tuning").
 Half of that loss sits in the layers full fine-tuning never touches and half in the trained ones
 (measured by putting either half back at F16 in a Q4_K_M file). So, with `quant_aware = LEVEL`:
 
@@ -12,7 +12,8 @@ Half of that loss sits in the layers full fine-tuning never touches and half in 
   whose rounded values route well. The saved weights are the unrounded ones; export rounds them.
 
 Which type each tensor gets is llama.cpp's own choice, read from the base quantized to LEVEL once
-(`level_types`; the same parameters export uses: `export/quantize.py` passes them in). The rounding
+with export's parameters (`export.quantize.level_types`, which the `train` command hands to the
+trainer: training sits below export). The rounding
 follows llama.cpp's reference quantizers where they are simple (Q8_0 and Q5_0: what most of a
 Q4_K_M file of the 576-wide default base is, since its rows do not split into K-quant blocks) and
 approximates the K-quants (Q4_K as 32-wide min/scale blocks, Q6_K as 16-wide symmetric blocks, with

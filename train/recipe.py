@@ -54,10 +54,6 @@ ROW_COST: dict[str, RowCost] = {
     # data-centre GPU). The plan says so; replace it with a measurement when one is taken.
     "cuda": RowCost(0.01, 117.8, "assumed (not measured on a GPU yet): ~0.16 s a step of 16 rows", False),
 }
-# `quant_aware` rounds the trained weights once a step and adds the rounding error in each forward
-# pass: 4.20 s a step against 3.37 s without, the customer-support recipe on one idle 2-core CPU
-# (runs cs-qat-q4km and cs-full16-lr8e4, BENCHMARKS.md "Quantization-aware fine-tuning").
-QUANT_AWARE_COST = 1.25
 
 
 class Recipe(BaseModel):
@@ -234,10 +230,6 @@ def plan_run(
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch`
     # Wall seconds a row costs: the processes share each epoch's rows.
     seconds_per_row = cost.seconds * mean_tokens / cost.tokens / processes
-    source = cost.source
-    if config.quant_aware:
-        seconds_per_row *= QUANT_AWARE_COST
-        source += f"; x{QUANT_AWARE_COST} for quant_aware"
     per_epoch = steps_per_epoch(rows, config.batch_size, config.grad_accum, processes)
     rows_per_step = config.batch_size * config.grad_accum * processes
     budget = config.time_budget if "time_budget" in given else recipe.budget_minutes
@@ -283,7 +275,7 @@ def plan_run(
         epochs=round(steps / per_epoch, 3) if max_steps is not None else epochs,
         budget_minutes=budget,
         estimated_minutes=round(estimated / 60, 1),
-        cost=f"{seconds_per_row:.3f} s a row-epoch at {mean_tokens:.0f} tokens a row ({source})",
+        cost=f"{seconds_per_row:.3f} s a row-epoch at {mean_tokens:.0f} tokens a row ({cost.source})",
         sizing=sizing,
         chosen=chosen,
         given={k: _get(planned, k) for k in (*RECIPE_FIELDS, "max_steps", "time_budget") if k in given},

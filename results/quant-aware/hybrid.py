@@ -1,23 +1,45 @@
-"""A GGUF whose tensors come from A, except those the rule takes from B (same model, other level)."""
-import re, sys
+"""A GGUF whose tensors come from A, except those whose names match RULE, taken from B.
+
+A and B are the same model at two levels (here Q4_K_M and F16), so the output is A with some
+layers put back at B's precision: where a level loses accuracy. Measurement only, not product code.
+
+    python results/quant-aware/hybrid.py A.gguf B.gguf '^blk\\.([0-9]|1[0-3])\\.' OUT.gguf
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
 import gguf
-a_path, b_path, rule, out = sys.argv[1:5]
-ra, rb = gguf.GGUFReader(a_path), gguf.GGUFReader(b_path)
-btensors = {t.name: t for t in rb.tensors}
-pat = re.compile(rule)
-w = gguf.GGUFWriter(out, arch=ra.fields[gguf.Keys.General.ARCHITECTURE].contents())
-for field in ra.fields.values():
-    if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith('GGUF.'):
-        continue
-    vt = field.types[0]
-    st = field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
-    w.add_key_value(field.name, field.contents(), vt, sub_type=st)
-chosen = [btensors[t.name] if pat.search(t.name) else t for t in ra.tensors]
-n = sum(1 for t in ra.tensors if pat.search(t.name))
-for t in chosen:
-    w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-w.write_header_to_file(); w.write_kv_data_to_file(); w.write_ti_data_to_file()
-for t in chosen:
-    w.write_tensor_data(t.data, tensor_endianess=ra.endianess)
-w.close()
-print('taken from B:', n)
+
+
+def main(a_path: str, b_path: str, rule: str, out: str) -> int:
+    first, second = gguf.GGUFReader(a_path), gguf.GGUFReader(b_path)
+    replacements = {tensor.name: tensor for tensor in second.tensors}
+    pattern = re.compile(rule)
+    architecture = first.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(out, arch=architecture)
+    for field in first.fields.values():  # A's metadata, as gguf-py's gguf_new_metadata copies it
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    chosen = [replacements[t.name] if pattern.search(t.name) else t for t in first.tensors]
+    for tensor in chosen:
+        writer.add_tensor_info(
+            tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for tensor in chosen:
+        writer.write_tensor_data(tensor.data, tensor_endianess=first.endianess)
+    writer.close()
+    print(f"taken from B: {sum(1 for t in first.tensors if pattern.search(t.name))} tensors")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(*sys.argv[1:5]))
