@@ -176,6 +176,10 @@ def test_quant_aware_needs_full_fine_tuning_and_the_types(tmp_path, tiny_base, s
     )  # fmt: skip
     with pytest.raises(TrainingError, match="needs the level's tensor types"):
         train(full)
+    with pytest.raises(TrainingError, match=r"blk\.0\.attn_q\.weight is IQ2_XS at q4_k_m"):
+        train(full, level_types=lambda base, level: _types() | {"blk.0.attn_q.weight": "IQ2_XS"})
+    # Refused before the run directory is made: nothing is left to resume or to move aside.
+    assert not lora.run_dir.exists() and not full.run_dir.exists()
 
 
 def test_the_command_refuses_an_unknown_level_and_a_base_that_is_no_gguf(tmp_path):

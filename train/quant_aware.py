@@ -177,6 +177,13 @@ def _straight_through(rounding: Callable[[Any], Any]) -> Any:
     return StraightThrough()
 
 
+def check_roundable(types: Mapping[str, str], level: str) -> None:
+    """Refuse, with the tensor named, a weight whose type at `level` this module cannot round."""
+    for name, kind in sorted(types.items()):
+        if module_path(name) is not None and kind not in ROUNDING:
+            raise ValueError(f"quantization-aware: {name} is {kind} at {level}, which cannot be modelled")
+
+
 def apply_quant_aware(model: Any, types: Mapping[str, str], level: str) -> QuantAwareReport:
     """Round the frozen weights in place and put the straight-through rounding on the trained ones.
 
@@ -186,6 +193,7 @@ def apply_quant_aware(model: Any, types: Mapping[str, str], level: str) -> Quant
     import torch
     from torch.nn.utils import parametrize
 
+    check_roundable(types, level)
     modules = dict(model.named_modules())
     plan: list[tuple[Any, str, str]] = []
     for name, kind in sorted(types.items()):
@@ -194,8 +202,6 @@ def apply_quant_aware(model: Any, types: Mapping[str, str], level: str) -> Quant
             continue
         if path not in modules:
             raise ValueError(f"quantization-aware: {name} has no module {path} in this model")
-        if kind not in ROUNDING:
-            raise ValueError(f"quantization-aware: {name} is {kind} at {level}, which cannot be modelled")
         plan.append((modules[path], name, kind))
     report = QuantAwareReport(level=level)
     for module, _name, kind in plan:

@@ -38,7 +38,7 @@ from .copied import decide_copied, describe, parse_overrides
 from .decisions import DecisionMarker, tokenized_rows
 from .examples import Example
 from .formats import read_valid_examples
-from .quant_aware import QuantAwareReport, apply_quant_aware, remove_quant_aware
+from .quant_aware import apply_quant_aware, check_roundable, remove_quant_aware
 from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
@@ -112,23 +112,25 @@ class _Split:
 LevelTypes = Callable[[Path, str], dict[str, str]]
 
 
-def _quant_aware(
-    model: Any, config: TrainConfig, base: Base, level_types: LevelTypes | None
-) -> QuantAwareReport:
-    """Round the frozen weights and put the straight-through rounding on the trained ones."""
-    level = str(config.quant_aware)
+def _level_types(config: TrainConfig, base: Base, level_types: LevelTypes | None) -> dict[str, str] | None:
+    """What `quant_aware` rounds each weight to; None when the run does not use it. Asked before
+    the run directory is made, so a refusal leaves nothing to resume."""
+    if not config.quant_aware:
+        return None
     if config.method != "full":
         raise TrainingError(
-            "quant_aware needs full fine-tuning (--method full): LoRA's weights are merged later"
+            "quant_aware needs full fine-tuning (--method full): LoRA's weights are merged after training"
         )
     if level_types is None:
         raise TrainingError(
             "quant_aware needs the level's tensor types: train(..., level_types=export.quantize.level_types)"
         )
     try:
-        return apply_quant_aware(model, level_types(Path(base.location), level), level)
+        types = level_types(Path(base.location), config.quant_aware)
+        check_roundable(types, config.quant_aware)
     except ValueError as exc:
         raise TrainingError(str(exc)) from None
+    return types
 
 
 def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
@@ -305,6 +307,7 @@ def train(
         config, recipe, reason, given, len(splits[0].rows), splits[0].mean_tokens, cuda, resumed=resume
     )
     print(format_plan(plan))
+    types = _level_types(config, base, level_types)
     run.start()
     atomic_write_text(run.config_path, config.to_toml())  # the plan, for --resume
     if answers := splits[0].answer_rows:
@@ -323,8 +326,12 @@ def train(
         trained = freeze_all_but_layers(model, config.lora.top_layers)
         layers = config.lora.top_layers or "all"
         print(f"full fine-tuning: {trained:,} parameters train (the top {layers} layers)")
-    if config.quant_aware:
-        print(_quant_aware(model, config, base, level_types).summary())
+    if types is not None:
+        try:
+            report = apply_quant_aware(model, types, str(config.quant_aware))
+        except ValueError as exc:  # a type it cannot round, or a weight the model lacks
+            raise TrainingError(str(exc)) from None
+        print(report.summary())
     losses: list[dict[str, Any]] = []
     trainer = make_trainer(
         config,
