@@ -134,7 +134,7 @@ ROUNDING: dict[str, Callable[[Any], Any]] = {
 
 @dataclass
 class QuantAwareReport:
-    """What `apply_quant_aware` did, for the plan's output and the manifest."""
+    """What `apply_quant_aware` did, printed before training (the manifest records the level)."""
 
     level: str
     frozen: dict[str, int] = field(default_factory=dict)  # type -> weights rounded once
@@ -158,8 +158,8 @@ def _straight_through(rounding: Callable[[Any], Any]) -> Any:
 
         The rounding error is kept until the weight changes (its version counter moves with every
         in-place update, i.e. each optimizer step): with gradient accumulation and checkpointing a
-        step reads each weight four times, and rounding 57M weights each time cost a third of a
-        CPU step."""
+        step reads each weight four times, and rounding 57M weights at every read made a CPU step
+        about 5.1 s, against 3.2 s with the error kept."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -195,16 +195,16 @@ def apply_quant_aware(model: Any, types: Mapping[str, str], level: str) -> Quant
 
     check_roundable(types, level)
     modules = dict(model.named_modules())
-    plan: list[tuple[Any, str, str]] = []
+    plan: list[tuple[Any, str]] = []
     for name, kind in sorted(types.items()):
         path = module_path(name)
         if path is None:
             continue
         if path not in modules:
             raise ValueError(f"quantization-aware: {name} has no module {path} in this model")
-        plan.append((modules[path], name, kind))
+        plan.append((modules[path], kind))
     report = QuantAwareReport(level=level)
-    for module, _name, kind in plan:
+    for module, kind in plan:
         if module.weight.requires_grad:
             parametrize.register_parametrization(module, "weight", _straight_through(ROUNDING[kind]))
             report.trained[kind] = report.trained.get(kind, 0) + 1
