@@ -168,6 +168,18 @@ def _quantize_level(
     return (weighted if kept else plain), pick
 
 
+def options_for_run(quantization: QuantizeOptions, manifest: RunManifest) -> QuantizeOptions:
+    """A quantization-aware run (`quant_aware`) was trained against llama.cpp's plain rounding, so
+    its levels are made without the importance matrix, unless the options insist on it
+    (`--always-imatrix`, i.e. no pick). The pick left it out on the quant-aware customer-support
+    router (NLL 0.0144 without, 0.0206 with); where no pick runs (`--parity-prompts 0`), the matrix
+    cost a quant-aware HWU64 router 0.8 points of tool accuracy (BENCHMARKS.md,
+    "Quantization-aware fine-tuning")."""
+    if manifest.config.get("quant_aware") and quantization.pick_imatrix and quantization.imatrix_rows:
+        return quantization.model_copy(update={"imatrix_rows": 0})
+    return quantization
+
+
 def export_run(
     run_path: Path,
     levels: list[str],
@@ -181,6 +193,7 @@ def export_run(
     quantization = quantization or QuantizeOptions()
     run = RunDir(run_path)
     manifest = run.load_manifest()
+    quantization = options_for_run(quantization, manifest)
     manifest_sha256 = hashlib.sha256(run.manifest_path.read_bytes()).hexdigest()
     metadata = router_metadata(manifest, manifest_sha256, options or GrammarOptions())
     template = ChatTemplate(template=manifest.chat_template, bos_token="", eos_token="")

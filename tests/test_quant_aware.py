@@ -227,3 +227,16 @@ def test_a_few_quant_aware_steps_on_the_default_base(tmp_path):
     )  # 7 weights, 2 norms
     losses = manifest.metrics
     assert losses["first_train_loss"] is not None and math.isfinite(losses["final_train_loss"])
+
+
+def test_export_leaves_the_importance_matrix_out_of_a_quant_aware_run_unless_asked():
+    from types import SimpleNamespace
+
+    from toolroute.export.pipeline import options_for_run
+    from toolroute.export.quantize_options import QuantizeOptions
+
+    aware, plain = SimpleNamespace(config={"quant_aware": "q4_k_m"}), SimpleNamespace(config={})
+    assert options_for_run(QuantizeOptions(), aware).imatrix_rows == 0
+    assert options_for_run(QuantizeOptions(), plain) == QuantizeOptions()  # the pick, as before
+    insisted = QuantizeOptions(pick_imatrix=False)  # --always-imatrix
+    assert options_for_run(insisted, aware) == insisted
