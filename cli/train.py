@@ -96,12 +96,8 @@ def _train(args: argparse.Namespace) -> int:
 def _level_types(base: Path, level: str) -> dict[str, str]:
     """`--quant-aware`'s types: export knows each weight's type at a level, and training sits below
     export, so the command hands export's reader to the trainer (asked only when the run uses it)."""
-    from toolroute.export.quantize import LEVELS, level_types
+    from toolroute.export.quantize import level_types
 
-    if level not in LEVELS:
-        raise ValueError(f"quant_aware {level!r} is not an export level ({', '.join(LEVELS)})")
-    if base.suffix != ".gguf":
-        raise ValueError(f"quant_aware needs a GGUF base (its weights' types at {level}), not {base}")
     return level_types(base, level)
 
 

@@ -162,9 +162,14 @@ def level_types(base: Path, level: str, options: QuantizeOptions | None = None) 
     `options` (export's defaults): read back from the base quantized once into a temporary
     directory. The types depend on the tensors' names and shapes, not their values, so a quantized
     base file (the packaged GGUF) answers for the F16 file export will quantize. Quantization-aware
-    training (`train/quant_aware.py`) rounds each weight to its type."""
+    training (`train/quant_aware.py`) rounds each weight to its type. An unknown level or a base
+    that is not a GGUF is refused with a ValueError that says which."""
     import tempfile
 
+    if level not in LEVELS:
+        raise ValueError(f"quant_aware {level!r} is not an export level ({', '.join(LEVELS)})")
+    if base.suffix != ".gguf":
+        raise ValueError(f"quant_aware needs a GGUF base (its weights' types at {level}), not {base}")
     options = options or QuantizeOptions()
     with tempfile.TemporaryDirectory(prefix="toolroute-types-") as directory:
         destination = Path(directory) / f"base.{level}.gguf"
@@ -177,7 +182,7 @@ def level_types(base: Path, level: str, options: QuantizeOptions | None = None) 
             requantize=True,
         )
         reader = gguf.GGUFReader(str(destination), "r")
-        types = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+        types = _weight_types(reader)
         del reader  # its memory map must close before the directory goes
     return types
 
@@ -284,11 +289,16 @@ def same_weights(first: Path, second: Path) -> bool:
     )
 
 
+def _weight_types(reader: gguf.GGUFReader) -> dict[str, str]:
+    """Each weight's type (1-D norms and biases stay F32 by design and are left out)."""
+    return {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+
+
 def tensor_types(path: Path, level: str) -> TensorTypes:
     """Which types the weights of a GGUF actually have (1-D norms and biases stay F32 by design)."""
     reader = gguf.GGUFReader(str(path), "r")
     main = LEVELS[level][1]
-    weights = {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) >= 2}
+    weights = _weight_types(reader)
     chunks = reader.get_field(KEY_CHUNKS)
     replaced = reader.get_field(KEY_REPLACED_FALLBACKS)
     return TensorTypes(

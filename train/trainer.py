@@ -359,7 +359,7 @@ def train(
     if not trainer.is_world_process_zero():
         return None
 
-    if config.quant_aware:
+    if types is not None:
         remove_quant_aware(trainer.model)  # the unrounded weights are the run's: export rounds them
     save_trained(trainer.model, run, config.method)
     tokenizer.save_pretrained(str(run.tokenizer))
