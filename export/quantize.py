@@ -27,6 +27,7 @@ import llama_cpp
 from pydantic import BaseModel
 
 from .imatrix import KEY_CHUNKS, KEY_DATASET, KEY_ENTRIES, ImportanceMatrix
+from .native_stderr import folded_stderr
 from .quantize_options import EmbeddingType, QuantizeOptions
 
 # level name -> (llama.cpp file type, the tensor type most weights get)
@@ -263,12 +264,14 @@ def _quantize_once(
         params.tt_overrides = ctypes.cast(
             tensor_overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
         )
-    # llama.cpp logs every tensor through llama-cpp-python's logger; keep only its errors.
+    # llama.cpp logs every tensor through llama-cpp-python's logger; keep only its errors. Its
+    # per-tensor fallback warnings bypass the logger, so they are folded out of the descriptor.
     llama_logger = logging.getLogger("llama-cpp-python")
     level_before = llama_logger.level
     llama_logger.setLevel(logging.ERROR)
     try:
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
+        with folded_stderr():
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(destination).encode(), params)
     finally:
         llama_logger.setLevel(level_before)
     del keep  # the buffers had to outlive the call

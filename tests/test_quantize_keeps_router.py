@@ -190,3 +190,19 @@ def test_export_and_bench_flags_make_the_options():
     assert kept == QuantizeOptions(replace_fallbacks=False)
     with pytest.raises(ValueError, match="--imatrix-rows must be 0 or more"):
         quantize_options(parser.parse_args(["--imatrix-rows", "-1"]))
+
+
+def test_native_stderr_keeps_every_line_but_the_fallbacks(capfd):
+    """Written to file descriptor 2 below Python (as llama.cpp's C code writes), in order; a
+    failure inside the block still gets its lines out."""
+    import os
+
+    from toolroute.export.native_stderr import folded_stderr
+
+    with pytest.raises(RuntimeError), folded_stderr() as folded:
+        os.write(2, b"first\n")
+        os.write(2, b"warning: blk.0.attn_k.weight - ncols 576 not divisible by 256 (required for type q4_K)")
+        os.write(2, b" -> falling back to q5_0\nlast line, no newline")
+        raise RuntimeError("quantize failed")
+    assert capfd.readouterr().err == "first\nlast line, no newline"
+    assert [line.split(" - ")[0] for line in folded.lines] == ["warning: blk.0.attn_k.weight"]

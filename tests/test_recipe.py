@@ -60,6 +60,10 @@ def test_the_cpu_default_on_small_middling_and_large_data():
     assert (large.epochs, large.max_steps, plan.steps) == (2.0, 206, 206)
     assert plan.epochs == round(206 / 538, 3) and plan.estimated_minutes == 15.0
     assert "a step cap: 2 epochs would take ~78.3 min, over the 15-min budget" in plan.sizing
+    # The plan names the budget that buys the lower bound back, and a cap is never "over" it.
+    assert plan.sizing.endswith("--time-budget 79 affords 2"), plan.sizing
+    _, k70 = _plan(4388, 95.8, time_budget=30)  # HWU64 k = 70: 508 steps, estimated 30.1 min
+    assert k70.steps == 508 and k70.sizing.endswith("(1.85 epochs); --time-budget 33 affords 2"), k70.sizing
     # Rows twice as long as the measured ones cost twice as much: 3 epochs fit, not 6.
     assert _plan(480, tokens=2 * MEASURED_TOKENS)[0].epochs == 3.0
     assert _plan(480, time_budget=5)[0].epochs == 2.0
@@ -97,8 +101,13 @@ def test_given_values_win_and_the_plan_says_which_were_given(tmp_path):
     path.write_text('[train]\nname = "x"\ndata = "d.jsonl"\nepochs = 5\n\n[train.lora]\nr = 8\n')
     config, plan = _plan(480, path=path)
     assert config.epochs == 5.0 and config.lora.r == 8 and plan.given == {"epochs": 5.0, "lora.r": 8}
+    # The customer-support file names its data and one choice of its own: quantization-aware
+    # training for the level `make demo` ships (picked on its validation rows; not HWU64's).
     example = load_config(ROOT / "examples" / "customer_support" / "train.toml", {})
-    assert given_fields(example) == {"name", "data", "eval", "tools"}
+    assert given_fields(example) == {"name", "data", "eval", "tools", "quant_aware"}
+    assert example.quant_aware == "q4_k_m"
+    turned_off = load_config(ROOT / "examples" / "customer_support" / "train.toml", {"quant_aware": "off"})
+    assert turned_off.quant_aware is None  # `--quant-aware off`
     # `make demo-answers`: its own data, six epochs (the answer step needs them), the measured top 8 layers.
     answers = load_config(ROOT / "examples" / "customer_support" / "train_answers.toml", {})
     assert given_fields(answers) == {"name", "data", "eval", "tools", "epochs", "lora.top_layers"}

@@ -27,6 +27,8 @@ def test_default_base_trains_on_the_customer_support_set(tmp_path):
             "tools": str(EXAMPLE / "tools.py"),
             "runs_dir": tmp_path,
             "max_steps": 10,
+            # the example's quant-aware choice is a full fine-tune; test_quant_aware's slow test runs it
+            "quant_aware": "off",
         },
     )
     manifest = train(config)
@@ -64,6 +66,7 @@ def test_gemma_base_trains_a_few_steps(tmp_path):
             "tools": str(EXAMPLE / "tools.py"),
             "runs_dir": tmp_path,
             "max_steps": 6,
+            "quant_aware": "off",  # measured on SmolLM2's types only
         },
     ).model_copy(update={"eval": None})
     manifest = train(config)

@@ -33,6 +33,7 @@ def _config(tmp_path, **changes):
         "runs_dir": tmp_path,
         "mode": "compact",  # the long shared system turn
         "max_steps": 6,
+        "quant_aware": "off",  # the example's choice needs full fine-tuning; this is the LoRA step
         **changes,
     }
     return load_config(EXAMPLE / "train.toml", overrides).model_copy(update={"eval": None})

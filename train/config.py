@@ -114,11 +114,18 @@ class TrainConfig(BaseModel):
         description="loss only on the completion tokens the model decides (not those the grammar forces)",
     )
     # Off by default: see train/quant_aware.py and BENCHMARKS.md "Quantization-aware fine-tuning".
+    # The customer-support example turns it on, so `off` is how a flag turns a file's choice off.
     quant_aware: str | None = Field(
         None,
         pattern=r"^[a-z0-9_]+$",
-        description="full fine-tuning against the weights this export level will hold (q4_k_m, q8_0, ...)",
+        description="full fine-tuning against the weights this export level will hold (q4_k_m, q8_0, ...; "
+        "off: plain training, where a config file turns it on)",
     )
+
+    @field_validator("quant_aware", mode="before")
+    @classmethod
+    def _quant_aware(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.lower() in ("off", "none") else value
 
     @field_validator("mode", mode="before")
     @classmethod
