@@ -14,7 +14,9 @@ tokens/s and the full evaluation report on the data. Reference rows, measured in
 - `classical`: TF-IDF + logistic regression and a CRF (`classical.py`) trained on the run's own
   training rows, scored on the same data by the same metrics (the bar the router has to clear).
 
-The recommended level is the smallest file within 1 point of F16's tool-name accuracy.
+The recommended level is the smallest file within 1 point of F16 on both tool-name accuracy and
+exact-call accuracy (`RECOMMENDATION`): tool accuracy alone recommended Q2_K for the customer-support
+router, whose tools it keeps (0.961 against 0.967) while its exact calls fall from 0.878 to 0.789.
 
 Writes `results.json`, `RESULTS.md` and `results.png` (accuracy against p50 latency, marker
 area proportional to file size) into the output directory.
@@ -38,6 +40,7 @@ from tqdm import tqdm
 
 from toolroute.bench.classical import ENGINE, ClassicalResult
 from toolroute.bench.measure import Measurement
+from toolroute.bench.metrics import EvalReport
 from toolroute.export.quantize import QuantizeError, made_with, tensor_types
 from toolroute.export.quantize_options import QuantizeOptions
 from toolroute.runtime.files import atomic_write_png, atomic_write_text, file_sha256
@@ -46,7 +49,8 @@ from toolroute.train.run_dir import RunDir
 
 BENCH_FORMAT = "toolroute-bench/1"
 NAIVE_LEVEL = "q4_k_m"
-RECOMMEND_WITHIN = 0.01  # tool-name accuracy below F16's that still counts as keeping the router
+RECOMMEND_WITHIN = 0.01  # below F16's accuracy that still counts as keeping the router
+RECOMMENDATION = "the smallest file within 1 point of F16's tool accuracy and exact-call accuracy"
 
 
 class BenchRow(BaseModel):
@@ -69,7 +73,7 @@ class BenchResults(BaseModel):
     threads: int | None
     seconds: float
     quantization: QuantizeOptions | None = None
-    recommended_level: str | None = None  # the smallest file within 1 point of F16 tool accuracy
+    recommended_level: str | None = None  # RECOMMENDATION
     rows: list[BenchRow]
 
 
@@ -129,13 +133,20 @@ def classical_in_subprocess(train: Path, data: Path, tools: Path, limit: int | N
 
 
 def recommended_level(rows: Sequence[BenchRow]) -> str | None:
-    """The smallest measured level within `RECOMMEND_WITHIN` of F16's tool-name accuracy."""
+    """The smallest measured level within `RECOMMEND_WITHIN` of F16's tool-name accuracy and of
+    its exact-call accuracy (`RECOMMENDATION`)."""
     measured = {r.level: r.measurement for r in rows if not r.reference and r.level and r.measurement}
     f16 = measured.get("f16")
     if f16 is None:
         return None
-    floor = f16.report.tool_name_accuracy - RECOMMEND_WITHIN - 1e-9  # 1e-9: a tie is within
-    within = [(m.size_bytes, level) for level, m in measured.items() if m.report.tool_name_accuracy >= floor]
+
+    def keeps(report: EvalReport) -> bool:
+        return all(
+            getattr(report, name) >= getattr(f16.report, name) - RECOMMEND_WITHIN - 1e-9  # a tie is within
+            for name in ("tool_name_accuracy", "exact_call_accuracy")
+        )
+
+    within = [(m.size_bytes, level) for level, m in measured.items() if keeps(m.report)]
     return min(within)[1]
 
 
@@ -191,10 +202,14 @@ def bench_run(
     references: bool = True,
     quantization: QuantizeOptions | None = None,
 ) -> BenchResults:
+    from toolroute.export.pipeline import options_for_run
+
     started = time.perf_counter()
-    quantization = quantization or QuantizeOptions()
     run = RunDir(run_path)
     manifest = run.load_manifest()
+    # What export makes for this run (a quant-aware run's levels leave the matrix out): the files
+    # reused must match it, and the report records it.
+    quantization = options_for_run(quantization or QuantizeOptions(), manifest)
     files, errors = router_files(run, levels, dist, quantization)
     rows: list[tuple[BenchRow, Path | None, str]] = []
     for level in levels:
@@ -399,7 +414,7 @@ def _quantization(options: QuantizeOptions | None) -> str:
 def _recommended(results: BenchResults) -> str:
     if results.recommended_level is None:
         return "none (no F16 row measured to compare against)"
-    return f"{results.recommended_level.upper()} (the smallest file within 1 point of F16's tool accuracy)"
+    return f"{results.recommended_level.upper()} ({RECOMMENDATION})"
 
 
 def plot(results: BenchResults, path: Path) -> None:

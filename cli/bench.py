@@ -13,7 +13,7 @@ DEFAULT_BENCH_LEVELS = "f16,q8_0,q6_k,q5_k_m,q4_k_m,q4_0,q3_k_m,q2_k"
 
 def _bench(args: argparse.Namespace) -> int:
     require_extra("train")
-    from toolroute.bench.quant_bench import bench_run, markdown_table
+    from toolroute.bench.quant_bench import RECOMMENDATION, bench_run, markdown_table
     from toolroute.cli.export import quantize_options
     from toolroute.export.quantize import parse_levels
 
@@ -26,9 +26,7 @@ def _bench(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print("\n".join(markdown_table(results.rows, results.recommended_level)))
     if results.recommended_level:
-        print(
-            f"\nrecommended level: {results.recommended_level} (smallest within 1 point of F16 tool accuracy)"
-        )
+        print(f"\nrecommended level: {results.recommended_level} ({RECOMMENDATION})")
     print(f"\n{out / 'RESULTS.md'}, {out / 'results.json'}, {out / 'results.png'}")
     return 0 if all(row.measurement for row in results.rows) else 1
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import runtime_support
@@ -160,6 +161,19 @@ def test_bench_exports_measures_and_plots(tiny_run, tmp_path):
     bench_run(tiny_run, EVAL, ["q8_0"], tmp_path / "dist", tmp_path / "bench2", limit=1, threads=1,
               references=False)  # fmt: skip
     assert (tmp_path / "dist" / "tiny-router.q8_0.gguf").stat().st_mtime_ns == before["tiny-router.q8_0.gguf"]
+    assert results.quantization.imatrix_rows == 64
+    # A quant-aware run's levels are exported without the importance matrix: the report says what
+    # export made, not what was asked (it said "importance matrix from 64 training rows").
+    aware = tmp_path / "aware-run"
+    shutil.copytree(tiny_run, aware)
+    manifest = json.loads((aware / "manifest.json").read_text())
+    manifest["config"]["quant_aware"] = "q4_k_m"
+    (aware / "manifest.json").write_text(json.dumps(manifest))
+    aware_results = bench_run(aware, EVAL, ["q8_0"], tmp_path / "dist-aware", tmp_path / "bench3", limit=1,
+                              threads=1, references=False)  # fmt: skip
+    assert aware_results.quantization.imatrix_rows == 0
+    report = (tmp_path / "bench3" / "RESULTS.md").read_text()
+    assert "quantization: token embedding q8_0, no imatrix" in report
 
 
 def test_bench_modes_trains_one_run_per_mode(tiny_base, tmp_path):

@@ -148,13 +148,22 @@ def test_importance_matrix_is_the_mean_squared_input_per_column():
         np.testing.assert_allclose(one_by_one.values[name], values, rtol=1e-5)
 
 
-def _row(level: str, size_mb: float, tool_accuracy: float) -> BenchRow:
+def _row(level: str, size_mb: float, tool_accuracy: float, wrong_arguments: int = 0) -> BenchRow:
+    """200 requests: the first `wrong_arguments` are right-tool calls with a wrong order id (tool
+    right, exact call wrong), the rest no_tool, answered right up to `tool_accuracy`."""
     catalogue = load_catalogue(ROOT / "examples" / "customer_support" / "tools.py")
     right = round(tool_accuracy * 200)
-    golds = [Gold(request=str(i), tool="no_tool") for i in range(200)]
+    call = {"order_id": "A1"}
+    golds = [
+        Gold(request=str(i), tool="track_order", arguments=call) if i < wrong_arguments
+        else Gold(request=str(i), tool="no_tool")
+        for i in range(200)
+    ]  # fmt: skip
     predictions = [
-        Prediction(kind="no_tool") if i < right else Prediction(kind="invalid") for i in range(200)
-    ]
+        Prediction(kind="call", tool="track_order", arguments={"order_id": "B2"}) if i < wrong_arguments
+        else Prediction(kind="no_tool") if i < right else Prediction(kind="invalid")
+        for i in range(200)
+    ]  # fmt: skip
     report = evaluate_predictions(golds, predictions, catalogue)
     measurement = Measurement(
         file=f"{level}.gguf", runner="router", size_bytes=int(size_mb * 1e6), load_s=0.1, peak_rss_mb=1.0,
@@ -173,6 +182,12 @@ def test_recommended_level_is_the_smallest_within_one_point_of_f16():
     rows[3] = _row("q4_k_m", 105, 0.91)  # better than F16 counts as within
     assert recommended_level(rows) == "q4_k_m"
     assert recommended_level(rows[1:]) is None  # no F16 row measured: nothing to compare against
+    # A level that keeps the tools but writes wrong arguments (exact calls 4 points below) does not
+    # keep the router: the customer-support Q2_K case.
+    rows[3] = _row("q4_k_m", 105, 0.90, wrong_arguments=8)
+    assert rows[3].measurement.report.tool_name_accuracy == 0.90
+    assert rows[3].measurement.report.exact_call_accuracy == 0.86
+    assert recommended_level(rows) == "q5_k_m"
 
 
 def test_export_and_bench_flags_make_the_options():
@@ -202,7 +217,12 @@ def test_native_stderr_keeps_every_line_but_the_fallbacks(capfd):
     with pytest.raises(RuntimeError), folded_stderr() as folded:
         os.write(2, b"first\n")
         os.write(2, b"warning: blk.0.attn_k.weight - ncols 576 not divisible by 256 (required for type q4_K)")
-        os.write(2, b" -> falling back to q5_0\nlast line, no newline")
+        os.write(2, b" -> falling back to q5_0\n")
+        os.write(2, b"llama_tensor_get_type: blk.0.ffn_up.weight - applying manual override: q3_K -> q4_0\n")
+        os.write(2, b"last line, no newline")
         raise RuntimeError("quantize failed")
     assert capfd.readouterr().err == "first\nlast line, no newline"
-    assert [line.split(" - ")[0] for line in folded.lines] == ["warning: blk.0.attn_k.weight"]
+    assert [line.split(" - ")[0].split()[-1] for line in folded.lines] == [
+        "blk.0.attn_k.weight",
+        "blk.0.ffn_up.weight",
+    ]
