@@ -9,7 +9,7 @@ quantization`) is kept, and the types are in each file's export report. llama.cp
 some lines to file descriptor 2 itself and hands others to llama-cpp-python's log callback, which
 prints them to `sys.stderr` (not always descriptor 2: a test's capture replaces it). So both are
 pointed at one temporary file for the call, and what it received is written back to the real
-ones without the fallback lines.
+ones without the per-tensor lines.
 """
 
 from __future__ import annotations

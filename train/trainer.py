@@ -119,7 +119,8 @@ def _level_types(config: TrainConfig, base: Base, level_types: LevelTypes | None
         return None
     if config.method != "full":
         raise TrainingError(
-            "quant_aware needs full fine-tuning (--method full): LoRA's weights are merged after training"
+            "quant_aware needs full fine-tuning (--method full, or --quant-aware off): "
+            "LoRA's weights are merged after training"
         )
     if level_types is None:
         raise TrainingError(
