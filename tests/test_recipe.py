@@ -108,6 +108,10 @@ def test_given_values_win_and_the_plan_says_which_were_given(tmp_path):
     assert example.quant_aware == "q4_k_m"
     turned_off = load_config(ROOT / "examples" / "customer_support" / "train.toml", {"quant_aware": "off"})
     assert turned_off.quant_aware is None  # `--quant-aware off`
+    # The plan lists it with the given values (it changes what the run trains).
+    _, example_plan = _plan(480, path=ROOT / "examples" / "customer_support" / "train.toml")
+    assert example_plan.given == {"quant_aware": "q4_k_m"}
+    assert "given: quant_aware=q4_k_m" in format_plan(example_plan)
     # `make demo-answers`: its own data, six epochs (the answer step needs them), the measured top 8 layers.
     answers = load_config(ROOT / "examples" / "customer_support" / "train_answers.toml", {})
     assert given_fields(answers) == {"name", "data", "eval", "tools", "epochs", "lora.top_layers"}

@@ -70,6 +70,9 @@ RECIPE_FIELDS = (
     "decision_loss", "eval_each_epoch", "lora.r", "lora.alpha", "lora.dropout", "lora.targets",
     "lora.top_layers",
 )  # fmt: skip
+# Given values outside the recipe that change what the run trains, so the plan lists them too
+# (the customer-support example's file sets `quant_aware`).
+SHOWN_GIVEN = ("max_steps", "time_budget", "quant_aware")
 
 
 def _defaults(**changes: Any) -> dict[str, Any]:
@@ -284,7 +287,7 @@ def plan_run(
         cost=f"{seconds_per_row:.3f} s a row-epoch at {mean_tokens:.0f} tokens a row ({cost.source})",
         sizing=sizing,
         chosen=chosen,
-        given={k: _get(planned, k) for k in (*RECIPE_FIELDS, "max_steps", "time_budget") if k in given},
+        given={k: _get(planned, k) for k in (*RECIPE_FIELDS, *SHOWN_GIVEN) if k in given},
         resumed=resumed,
     )
     return planned, plan
