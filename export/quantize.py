@@ -265,7 +265,8 @@ def _quantize_once(
             tensor_overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
         )
     # llama.cpp logs every tensor through llama-cpp-python's logger; keep only its errors. Its
-    # per-tensor fallback warnings bypass the logger, so they are folded out of the descriptor.
+    # per-tensor fallback and override lines get past that level (some to the descriptor, some
+    # through the callback), so `folded_stderr` drops them from both.
     llama_logger = logging.getLogger("llama-cpp-python")
     level_before = llama_logger.level
     llama_logger.setLevel(logging.ERROR)

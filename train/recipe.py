@@ -237,10 +237,9 @@ def plan_run(
     rows_per_step = config.batch_size * config.grad_accum * processes
     budget = config.time_budget if "time_budget" in given else recipe.budget_minutes
     changes: dict[str, Any] = {}
-    sized_by_budget = not (
-        "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
-    )
-    if not sized_by_budget:
+    # Epochs fixed by what was given (or by a recipe without a budget), not sized to the budget.
+    fixed_epochs = "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
+    if fixed_epochs:
         epochs, max_steps = config.epochs, config.max_steps
         said = ", ".join(f"{k}={_get(config, k)}" for k in ("epochs", "max_steps") if k in given)
         sizing = f"given ({said})" if said else f"the {recipe.name} recipe's fixed {epochs:g} epochs"
@@ -269,7 +268,7 @@ def plan_run(
     estimated = min(steps * rows_per_step, math.ceil(epochs * rows)) * seconds_per_row
     # Only given values can overrun the budget; a step cap's estimate may pass it by a rounding
     # (its steps are sized by the epoch's mean step, which a last partial batch makes smaller).
-    if not sized_by_budget and budget is not None and estimated > budget * 60:
+    if fixed_epochs and budget is not None and estimated > budget * 60:
         sizing += f"; over the {budget:g}-min budget"
     chosen = {key: _get(planned, key) for key in (*RECIPE_FIELDS, "max_steps") if key not in given}
     chosen = {key: value for key, value in chosen.items() if key != "max_steps" or value is not None}
