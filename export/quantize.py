@@ -26,6 +26,8 @@ import gguf
 import llama_cpp
 from pydantic import BaseModel
 
+from toolroute.train.quant_aware import TOKEN_EMBEDDING
+
 from .imatrix import KEY_CHUNKS, KEY_DATASET, KEY_ENTRIES, ImportanceMatrix
 from .native_stderr import folded_stderr
 from .quantize_options import EmbeddingType, QuantizeOptions
@@ -45,7 +47,7 @@ LEVELS: dict[str, tuple[int, str]] = {
 }
 
 
-TOKEN_EMBEDDING = "token_embd.weight"
+# The tied embedding's GGUF name is defined once, beside the other GGUF-to-transformers names.
 OUTPUT = "output.weight"
 
 EMBEDDING_TYPES: dict[str, int | None] = {

@@ -1,5 +1,5 @@
 """What this process has and has used: the CPU cores it may run on, its peak resident memory (the one
-definition of each that the runtime, train and bench read)."""
+definition of each that the runtime, train and bench read), and the host's load beside a timing."""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ def peak_rss_mb() -> float:
     if peak is not None:
         return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def load_average() -> list[float] | None:
+    """The host's 1-, 5- and 15-minute load averages (None where the OS has none): recorded beside a
+    timing, since another job on a 2-core host doubles a training step's seconds."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def physical_cores() -> int:

@@ -100,6 +100,8 @@ def test_an_interrupted_full_run_resumes(tmp_path, tiny_base, small_data):
         train(config, callbacks=[_Interrupt()])
     manifest = train(config, resume=True)
     assert manifest.metrics["steps"] == 18 and RunDir(config.run_dir).trained_weights.is_file()
+    # The host's load is recorded beside the step time it may have inflated.
+    assert manifest.metrics["load_1min_at_start"] >= 0 and manifest.metrics["load_15min_at_end"] >= 0
 
 
 def test_a_method_given_without_a_rate_trains_at_its_own_rate(tmp_path):

@@ -44,3 +44,14 @@ def test_physical_cores_count_smt_siblings_once_within_the_affinity(monkeypatch,
 def test_the_default_threads_share_the_cores_between_contexts(monkeypatch):
     _topology(monkeypatch, {0, 1, 2, 3}, {0: "0", 1: "1", 2: "2", 3: "3"})
     assert [_default_threads(n) for n in (1, 2, 3, 8)] == [4, 2, 1, 1]
+
+
+def test_load_average_is_the_hosts_three_means_or_none_where_the_os_has_none(monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.234, 0.5, 2.0))
+    assert resources.load_average() == [1.23, 0.5, 2.0]
+
+    def unavailable() -> tuple[float, float, float]:
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert resources.load_average() is None

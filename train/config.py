@@ -97,6 +97,12 @@ class TrainConfig(BaseModel):
     eval_each_epoch: bool = Field(
         False, description="eval loss after every epoch (a curve); off: once, after training"
     )
+    # On by default: the stored step cost is one host's (train/calibrate.py); ~3 steps of time.
+    measure_step: bool = Field(
+        True,
+        description="time a few steps on this host before sizing the epochs to the time budget "
+        "(off: the stored cost of the development CPU)",
+    )
     shared_prefix: bool = Field(
         True, description="with fast steps: the system turn all rows share, run once per batch"
     )

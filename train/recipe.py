@@ -71,8 +71,8 @@ RECIPE_FIELDS = (
     "lora.top_layers",
 )  # fmt: skip
 # Given values outside the recipe that change what the run trains, so the plan lists them too
-# (the customer-support example's file sets `quant_aware`).
-SHOWN_GIVEN = ("max_steps", "time_budget", "quant_aware")
+# or how it is sized (the customer-support example's file sets `quant_aware`).
+SHOWN_GIVEN = ("max_steps", "time_budget", "quant_aware", "measure_step")
 
 
 def _defaults(**changes: Any) -> dict[str, Any]:
@@ -218,6 +218,34 @@ def size_epochs(
     return float(low), steps
 
 
+def planned_budget(config: TrainConfig, recipe: Recipe, given: set[str]) -> float | None:
+    """The minutes the epochs are sized to: the given budget, else the recipe's (None: none)."""
+    return config.time_budget if "time_budget" in given else recipe.budget_minutes
+
+
+def epochs_fixed(recipe: Recipe, given: set[str], budget: float | None) -> bool:
+    """Whether the epochs are fixed by what was given (or by a recipe without a budget), not sized
+    to the budget: then no step cost changes the plan, and none needs measuring."""
+    return "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
+
+
+def measured_row_cost(
+    seconds_per_token: float, seconds_per_step: float, tokens: float, rows_per_step: int, cuda: bool
+) -> RowCost:
+    """The row cost `calibrate.measure_step_cost` timed here (at `tokens` a row, the run's mean), in
+    the form the stored ones take, saying what the stored one would have been."""
+    stored = ROW_COST["cuda" if cuda else "cpu"]
+    return RowCost(
+        seconds=seconds_per_token * tokens,
+        tokens=tokens,
+        source=(
+            f"measured on this host: {seconds_per_step:.2f} s a step of {rows_per_step} rows; "
+            f"the stored cost says {stored.seconds * tokens / stored.tokens * rows_per_step:.2f}"
+        ),
+        measured=True,
+    )
+
+
 def plan_run(
     config: TrainConfig,
     recipe: Recipe,
@@ -227,18 +255,20 @@ def plan_run(
     mean_tokens: float,
     cuda: bool,
     resumed: bool = False,
+    measured: RowCost | None = None,
 ) -> tuple[TrainConfig, TrainingPlan]:
-    """Size the epochs of a config the recipe was applied to, and say what the run will do."""
-    cost = ROW_COST["cuda" if cuda else "cpu"]
+    """Size the epochs of a config the recipe was applied to, and say what the run will do.
+
+    `measured`: the row cost timed on this host (`calibrate.py`), which replaces the stored one."""
+    cost = measured or ROW_COST["cuda" if cuda else "cpu"]
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by `accelerate launch`
     # Wall seconds a row costs: the processes share each epoch's rows.
     seconds_per_row = cost.seconds * mean_tokens / cost.tokens / processes
     per_epoch = steps_per_epoch(rows, config.batch_size, config.grad_accum, processes)
     rows_per_step = config.batch_size * config.grad_accum * processes
-    budget = config.time_budget if "time_budget" in given else recipe.budget_minutes
+    budget = planned_budget(config, recipe, given)
     changes: dict[str, Any] = {}
-    # Epochs fixed by what was given (or by a recipe without a budget), not sized to the budget.
-    fixed_epochs = "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
+    fixed_epochs = epochs_fixed(recipe, given, budget)
     if fixed_epochs:
         epochs, max_steps = config.epochs, config.max_steps
         said = ", ".join(f"{k}={_get(config, k)}" for k in ("epochs", "max_steps") if k in given)
@@ -259,6 +289,8 @@ def plan_run(
                 f"{epochs:g}: one epoch takes {_duration(one)}; as many as fit in {budget:g} min, "
                 f"within {low}-{high}"
             )
+            if epochs < high:  # what the recipe's most would cost here (a slow host affords fewer)
+                sizing += f"; --time-budget {math.ceil(high * one / 60)} affords {high}"
     if budget is not None and recipe.budget_minutes is not None:
         changes["time_budget"] = float(budget)
     planned = _with(config, changes) if changes else config

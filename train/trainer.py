@@ -27,11 +27,12 @@ from toolroute.grammars import Catalogue, load_catalogue
 from toolroute.runtime.base_models import packaged_gguf
 from toolroute.runtime.chat_template import RouterPrompt
 from toolroute.runtime.files import atomic_write_text
-from toolroute.runtime.resources import peak_rss_mb
+from toolroute.runtime.resources import load_average, peak_rss_mb
 
 from .augment import augment_examples, format_counts
 from .balance import balance_no_tool
 from .bases import Base, file_sha256
+from .calibrate import TIMED_STEPS, measure_step_cost
 from .checkpoints import last_complete_checkpoint
 from .config import TrainConfig
 from .copied import decide_copied, describe, parse_overrides
@@ -39,7 +40,17 @@ from .decisions import DecisionMarker, tokenized_rows
 from .examples import Example
 from .formats import read_valid_examples
 from .quant_aware import apply_quant_aware, check_roundable, remove_quant_aware
-from .recipe import apply_recipe, choose_recipe, format_plan, given_fields, plan_run, resumed_config
+from .recipe import (
+    apply_recipe,
+    choose_recipe,
+    epochs_fixed,
+    format_plan,
+    given_fields,
+    measured_row_cost,
+    plan_run,
+    planned_budget,
+    resumed_config,
+)
 from .run_dir import DataIdentity, RunDir, RunManifest
 from .sft import SftRow, router_prompt, sft_rows
 from .weights import freeze_all_but_layers, save_trained, selected_layers
@@ -304,10 +315,20 @@ def train(
         splits.append(_Split.render("eval", config.eval, eval_examples, **render))
     if not splits[0].rows:
         raise TrainingError(f"no training row fits in max_length {config.max_length}")
-    config, plan = plan_run(
-        config, recipe, reason, given, len(splits[0].rows), splits[0].mean_tokens, cuda, resumed=resume
+    unsized = config
+    sizing = (recipe, reason, given, len(splits[0].rows), splits[0].mean_tokens, cuda)
+    config, plan = plan_run(config, *sizing, resumed=resume)
+    # A run sized to a budget times its own steps on this host before it starts (calibrate.py):
+    # the stored cost is one host's, and hosts differ by 3x. Not on a resume (the stored plan
+    # stands) nor across processes (each would time its own and could plan differently).
+    measure = (
+        config.measure_step
+        and not resume
+        and int(os.environ.get("WORLD_SIZE", "1")) == 1
+        and not epochs_fixed(recipe, given, planned_budget(unsized, recipe, given))
     )
-    print(format_plan(plan))
+    if not measure:
+        print(format_plan(plan))
     types = _level_types(config, base, level_types)
     run.start()
     atomic_write_text(run.config_path, config.to_toml())  # the plan, for --resume
@@ -343,9 +364,22 @@ def train(
         datasets[1] if evaluate else None,
         callbacks=[_loss_logger(losses), *callbacks],
     )
+    if measure:
+        print(f"timing {TIMED_STEPS} training steps on this host to size the epochs to the budget ...")
+        cost = measure_step_cost(trainer, config.seed)
+        measured = measured_row_cost(
+            cost.seconds_per_token, cost.seconds_per_step, splits[0].mean_tokens, plan.rows_per_step, cuda
+        )
+        config, plan = plan_run(unsized, *sizing, measured=measured)
+        trainer.args.num_train_epochs = config.epochs
+        trainer.args.max_steps = config.max_steps or -1
+        atomic_write_text(run.config_path, config.to_toml())  # the plan as measured, for --resume
+        print(format_plan(plan))
     # The newest checkpoint written in full: one torn by a kill mid-write is skipped.
     checkpoint = last_complete_checkpoint(run.checkpoints) if resume else None
+    load_start = load_average()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    load_end = load_average()
     eval_loss = None
     if evaluate:
         # With `eval_each_epoch` the epoch-end evaluation usually ran at the last step already
@@ -393,6 +427,11 @@ def train(
             "mean_train_loss": round(result.training_loss, 5),
             "final_eval_loss": eval_loss,
             "peak_rss_mb": round(peak_rss_mb(), 1),
+            # The host's load (runnable threads) before the first step (1-minute mean) and over the
+            # last 15 minutes of training: a seconds_per_step measured with other work running (load
+            # well above the torch threads) is not the recipe's cost on that host.
+            "load_1min_at_start": load_start[0] if load_start else None,
+            "load_15min_at_end": load_end[2] if load_end else None,
         },
         wall_time_s=round(time.perf_counter() - started, 2),
         device=torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} threads)",
