@@ -158,15 +158,17 @@ def test_train_with_nothing_but_data_prints_the_plan_and_stores_it(tmp_path, tin
     from toolroute.cli import main as cli_main
     from toolroute.train.run_dir import RunDir
 
-    # 48 rows of ~118 tokens: ~13 s an epoch at the measured cost; a 0.3-minute budget fits 1.4
-    # epochs, under the 2 the CPU recipe wants, so a step cap of 4 steps (epochs of 3).
+    # 48 rows of ~118 tokens: ~13 s an epoch at the stored cost; a 0.3-minute budget fits 1.4
+    # epochs, under the 2 the CPU recipe wants, so a step cap of 4 steps (epochs of 3). The stored
+    # cost, not the tiny model's measured one (tests/test_calibrate.py), so the plan is known here.
     command = ["train", "--name", "planned", "--data", str(rows48), "--tools", str(CUSTOMER_SUPPORT_TOOLS),
-               "--base", str(tiny_base), "--runs-dir", str(tmp_path), "--time-budget", "0.3"]  # fmt: skip
+               "--base", str(tiny_base), "--runs-dir", str(tmp_path), "--time-budget", "0.3",
+               "--no-measure-step"]  # fmt: skip
     assert cli_main(command) == 0
     out = capsys.readouterr().out
     assert "plan: recipe cpu (auto: no CUDA device" in out and "steps: 4 of 16 rows" in out
     assert re.search(r"a step cap: 2 epochs would take ~2\d s, over the 0.3-min budget, so 4 steps", out)
-    assert "given: time_budget=0.3" in out
+    assert "given: time_budget=0.3, measure_step=False" in out
     assert out.index("plan: recipe") < out.index('"run": "planned"')  # before training, not after
     run = RunDir(tmp_path / "planned")
     manifest = run.load_manifest()
@@ -192,7 +194,8 @@ def test_resume_reproduces_the_plan_even_where_a_new_plan_would_differ(
                 raise KeyboardInterrupt
 
     overrides = {"name": "resumed", "data": rows48, "tools": str(CUSTOMER_SUPPORT_TOOLS),
-                 "base": str(tiny_base), "runs_dir": tmp_path, "time_budget": 0.7, "seed": 3}  # fmt: skip
+                 "base": str(tiny_base), "runs_dir": tmp_path, "time_budget": 0.7, "seed": 3,
+                 "measure_step": False}  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         train(load_config(None, overrides), callbacks=[Interrupt()])
     run = RunDir(tmp_path / "resumed")
