@@ -2,7 +2,8 @@
 
 `toolroute train --name N --data FILE` picks a recipe (`auto`: `gpu` when CUDA is present, else
 `cpu`), takes from it every value that was not given (a flag or a config-file key always wins),
-then sizes the epochs to `time_budget` minutes from the measured cost of a row (`ROW_COST`): as
+then sizes the epochs to `time_budget` minutes from the cost of a row, timed on this host before the
+run starts (`calibrate.py`; `measure_step = false`: the stored `ROW_COST`): as
 many whole epochs as fit, within the recipe's bounds, or, when even the fewest do not fit (large
 data), a step cap (`max_steps`) that does. The plan (rows, steps, epochs, estimated time, what was
 chosen and why, what was given) is printed before training and kept in the manifest; the planned
@@ -37,7 +38,8 @@ class RowCost:
     measured: bool
 
 
-# The one place the time estimates come from; scaled by the rows' mean length over `tokens`
+# The stored estimates, used where a run does not time its own steps (`measure_step` off, given
+# epochs, a resume, several processes); scaled by the rows' mean length over `tokens`
 # (cost grows about linearly with tokens at these lengths; with `shared_prefix` a long shared
 # system turn costs less than that, so long prompts are over- rather than under-estimated).
 ROW_COST: dict[str, RowCost] = {
