@@ -156,3 +156,24 @@ def test_the_run_after_the_measurement_is_the_run_without_it(tmp_path, tiny_base
         for config in (config, plain)
     ]
     assert len(losses[0]) == measured.plan.steps and losses[0] == losses[1]
+
+
+def test_a_run_stopped_while_timing_stores_no_plan_and_its_resume_times_again(
+    tmp_path, tiny_base, small_data, monkeypatch
+):
+    from toolroute.train import trainer as trainer_module
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    config = _budgeted(tmp_path, tiny_base, small_data, name="stopped")
+    monkeypatch.setattr(trainer_module, "measure_step_cost", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    run = RunDir(config.run_dir)
+    # The stored-cost plan is not left behind for a resume to follow on this host.
+    assert not run.is_complete() and not run.config_path.exists()
+    monkeypatch.undo()
+    manifest = train(config, resume=True)
+    assert "measured on this host" in manifest.plan.cost
+    assert f"epochs = {manifest.plan.epochs}" in run.config_path.read_text()

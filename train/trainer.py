@@ -151,7 +151,8 @@ def _check_resumable(run: RunDir, config: TrainConfig, resume: bool) -> None:
     if run.path.exists() and any(run.path.iterdir()):
         if not resume:
             raise TrainingError(f"{run.path} holds an unfinished run: pass --resume to continue it")
-        if run.config_path.read_text(encoding="utf-8") != config.to_toml():
+        # No stored config: stopped before its plan was stored (while timing steps); nothing trained.
+        if run.config_path.is_file() and run.config_path.read_text(encoding="utf-8") != config.to_toml():
             raise TrainingError(f"{run.path}: --resume needs the same config as the interrupted run")
     elif resume:
         raise TrainingError(f"{run.path}: nothing to resume")
@@ -319,11 +320,11 @@ def train(
     sizing = (recipe, reason, given, len(splits[0].rows), splits[0].mean_tokens, cuda)
     config, plan = plan_run(config, *sizing, resumed=resume)
     # A run sized to a budget times its own steps on this host before it starts (calibrate.py):
-    # the stored cost is one host's, and hosts differ by 3x. Not on a resume (the stored plan
-    # stands) nor across processes (each would time its own and could plan differently).
+    # the stored cost is one host's, and hosts differ by 3x. Not when resuming a planned run (its
+    # stored config gives the epochs) nor across processes (each would time its own and could plan
+    # differently). A run stopped while timing has no stored plan yet, so its resume times again.
     measure = (
         config.measure_step
-        and not resume
         and int(os.environ.get("WORLD_SIZE", "1")) == 1
         and not epochs_fixed(recipe, given, planned_budget(unsized, recipe, given))
     )
@@ -331,7 +332,8 @@ def train(
         print(format_plan(plan))
     types = _level_types(config, base, level_types)
     run.start()
-    atomic_write_text(run.config_path, config.to_toml())  # the plan, for --resume
+    if not measure:  # a measured plan is stored once measured
+        atomic_write_text(run.config_path, config.to_toml())  # the plan, for --resume
     if answers := splits[0].answer_rows:
         print(f"answer step: {answers} rows (a tool result and the reply to it), trained with the calls")
     evaluate = len(splits) > 1 and bool(splits[1].rows)
