@@ -90,7 +90,8 @@ def _planned(measured=None, rows=480, **given_values):
 def test_a_measured_cost_sizes_the_epochs_and_the_plan_says_so():
     # The development CPU's stored cost: 4.37 s a step, six epochs of 480 rows in 15 minutes.
     stored_config, stored_plan = _planned()
-    assert stored_config.epochs == 6 and "stored" not in stored_plan.cost
+    assert stored_config.epochs == 6 and "stored" not in stored_plan.cost and stored_plan.sized_to_budget
+    assert not _planned(epochs=2)[1].sized_to_budget  # given epochs: nothing for a measurement to size
     # A host that takes 8.8 s a step (measured on a 2-core AVX2 EPYC) affords three.
     slow = measured_row_cost(8.8 / (16 * 117.8), 8.8, 117.8, 16, cuda=False)
     config, plan = _planned(measured=slow)

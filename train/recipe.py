@@ -160,6 +160,8 @@ class TrainingPlan(BaseModel):
     chosen: dict[str, Any]
     given: dict[str, Any]
     resumed: bool = False
+    # The epochs were sized to the budget from a step cost (not given): what a measured cost changes.
+    sized_to_budget: bool = False
 
 
 def _get(config: TrainConfig, key: str) -> Any:
@@ -220,17 +222,6 @@ def size_epochs(
     return float(low), steps
 
 
-def planned_budget(config: TrainConfig, recipe: Recipe, given: set[str]) -> float | None:
-    """The minutes the epochs are sized to: the given budget, else the recipe's (None: none)."""
-    return config.time_budget if "time_budget" in given else recipe.budget_minutes
-
-
-def epochs_fixed(recipe: Recipe, given: set[str], budget: float | None) -> bool:
-    """Whether the epochs are fixed by what was given (or by a recipe without a budget), not sized
-    to the budget: then no step cost changes the plan, and none needs measuring."""
-    return "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
-
-
 def measured_row_cost(
     seconds_per_token: float, seconds_per_step: float, tokens: float, rows_per_step: int, cuda: bool
 ) -> RowCost:
@@ -268,9 +259,10 @@ def plan_run(
     seconds_per_row = cost.seconds * mean_tokens / cost.tokens / processes
     per_epoch = steps_per_epoch(rows, config.batch_size, config.grad_accum, processes)
     rows_per_step = config.batch_size * config.grad_accum * processes
-    budget = planned_budget(config, recipe, given)
+    budget = config.time_budget if "time_budget" in given else recipe.budget_minutes
     changes: dict[str, Any] = {}
-    fixed_epochs = epochs_fixed(recipe, given, budget)
+    # Epochs fixed by what was given (or by a recipe without a budget), not sized to the budget.
+    fixed_epochs = "epochs" in given or "max_steps" in given or recipe.epochs is None or budget is None
     if fixed_epochs:
         epochs, max_steps = config.epochs, config.max_steps
         said = ", ".join(f"{k}={_get(config, k)}" for k in ("epochs", "max_steps") if k in given)
@@ -322,6 +314,7 @@ def plan_run(
         chosen=chosen,
         given={k: _get(planned, k) for k in (*RECIPE_FIELDS, *SHOWN_GIVEN) if k in given},
         resumed=resumed,
+        sized_to_budget=not fixed_epochs,
     )
     return planned, plan
 

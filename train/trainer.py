@@ -43,12 +43,10 @@ from .quant_aware import apply_quant_aware, check_roundable, remove_quant_aware
 from .recipe import (
     apply_recipe,
     choose_recipe,
-    epochs_fixed,
     format_plan,
     given_fields,
     measured_row_cost,
     plan_run,
-    planned_budget,
     resumed_config,
 )
 from .run_dir import DataIdentity, RunDir, RunManifest
@@ -323,11 +321,7 @@ def train(
     # the stored cost is one host's, and hosts differ by 3x. Not when resuming a planned run (its
     # stored config gives the epochs) nor across processes (each would time its own and could plan
     # differently). A run stopped while timing has no stored plan yet, so its resume times again.
-    measure = (
-        config.measure_step
-        and int(os.environ.get("WORLD_SIZE", "1")) == 1
-        and not epochs_fixed(recipe, given, planned_budget(unsized, recipe, given))
-    )
+    measure = config.measure_step and int(os.environ.get("WORLD_SIZE", "1")) == 1 and plan.sized_to_budget
     if not measure:
         print(format_plan(plan))
     types = _level_types(config, base, level_types)
